@@ -1,0 +1,1 @@
+"""Data: readers of on-disk layouts, the corruption engine, procedural datasets."""

@@ -1,0 +1,59 @@
+"""Download a file once, verify its sha256, fail offline with one clear message."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tta.errors import UserError
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str | None, what: str, timeout: float = 30.0) -> Path:
+    """Fetch ``url`` to ``dest`` (atomically, with a progress line on stderr) unless it is there.
+
+    A present file with the wrong checksum is downloaded again; a failed download raises a
+    :class:`UserError` naming what is missing, where it was looked for and where to get it.
+    """
+    if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            _copy_with_progress(response, out, total, what)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        partial.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"{what} is missing: not found at {dest} and the download from {url} failed ({reason}); "
+                        f"download it there by hand or point to a local copy") from None
+    if sha256 is not None and (actual := sha256_of(partial)) != sha256:
+        partial.unlink(missing_ok=True)
+        raise UserError(f"{what} downloaded from {url} has sha256 {actual}, expected {sha256}; not used")
+    os.replace(partial, dest)
+    return dest
+
+
+def _copy_with_progress(source, out, total: int, what: str) -> None:
+    done = 0
+    interactive = sys.stderr.isatty()
+    while block := source.read(1 << 20):
+        out.write(block)
+        done += len(block)
+        if interactive:
+            shown = f"{done / total:6.1%}" if total else f"{done >> 20} MiB"
+            print(f"\rdownloading {what}: {shown}", end="", file=sys.stderr, flush=True)
+    if interactive:
+        print(file=sys.stderr)

@@ -1,0 +1,78 @@
+"""The method contract: ``setup(model)``, ``forward(x) -> logits``, ``reset()``.
+
+A method wraps a source model for one run. The runner calls
+
+* ``setup(model)`` once: the method configures the model (e.g. swaps BatchNorm layers,
+  selects trainable parameters, builds an optimizer) and declares what it touches; the
+  base class then snapshots exactly that state;
+* ``forward(x)`` for every test batch: adapt (if the method adapts) and return logits.
+  ``x`` is the only input; labels never reach a method;
+* ``reset()`` whenever the scenario says so (episodic: before every domain): the model
+  and all method state return to the snapshot bit for bit.
+
+Training-time (domain generalization) methods subclass :class:`TrainingMethod` in
+``tta.methods.training`` and reuse the same registry and hyperparameter machinery.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from tta.hparams import HParam, resolve
+
+
+class Method:
+    """Base class of every test-time method. Subclasses register with ``@register_method``."""
+
+    name: ClassVar[str] = ""
+    hparams: ClassVar[dict[str, HParam]] = {}
+    #: ``False`` lets the runner call ``forward`` under ``torch.inference_mode``.
+    needs_grad: ClassVar[bool] = False
+
+    def __init__(self, **overrides: Any) -> None:
+        self.hp: dict[str, Any] = resolve(f"method {self.name!r}", self.hparams, overrides)
+        self.model: nn.Module | None = None
+        self._touched: list[torch.Tensor] = []
+        self._snapshot: list[torch.Tensor] = []
+
+    # -- the three hooks -------------------------------------------------------------
+    def setup(self, model: nn.Module) -> None:
+        """Take the model, configure it, and snapshot the state the method declares."""
+        self.model = model
+        model.eval()
+        model.requires_grad_(False)
+        self.configure(model)
+        self._touched = list(self.touched_tensors())
+        self._snapshot = [t.detach().clone() for t in self._touched]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Adapt on ``x`` (if the method adapts) and return logits for ``x``."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Return the declared model tensors and the method's own state to the setup snapshot."""
+        with torch.no_grad():
+            for tensor, saved in zip(self._touched, self._snapshot):
+                tensor.copy_(saved)
+        self.reset_state()
+
+    # -- what subclasses override ----------------------------------------------------
+    def configure(self, model: nn.Module) -> None:
+        """Change the model for this method (swap layers, pick parameters). Default: nothing."""
+
+    def touched_tensors(self) -> list[torch.Tensor]:
+        """Model tensors the method may change in place during ``forward`` (snapshotted for reset)."""
+        return []
+
+    def reset_state(self) -> None:
+        """Reset state the method keeps outside the model (running statistics, optimizer)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+    def describe(self) -> str:
+        doc = (type(self).__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""

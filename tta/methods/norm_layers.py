@@ -1,0 +1,132 @@
+"""BatchNorm replacements that normalize with test-time statistics.
+
+Every layer here keeps the source layer's affine parameters and source statistics as the
+*same* tensors (no copies), so swapping layers never changes a checkpoint's state dict
+and ``source`` statistics stay available. They differ only in which mean and variance
+they normalize with:
+
+    y = (x - mean) / sqrt(var + eps) * weight + bias
+
+All statistics are per channel over every other axis (batch and spatial), biased
+(divide by n), as BatchNorm uses for normalization.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from tta.errors import UserError
+
+
+def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel biased variance and mean of ``x`` (channel axis 1): ``(var, mean)``."""
+    dims = [0, *range(2, x.dim())]
+    return torch.var_mean(x, dim=dims, correction=0)
+
+
+class StatsNorm(nn.Module):
+    """Base: a BatchNorm layer whose statistics come from :meth:`statistics`."""
+
+    def __init__(self, bn: _BatchNorm) -> None:
+        super().__init__()
+        if bn.running_mean is None or bn.running_var is None:
+            raise UserError(f"{type(bn).__name__} without running statistics cannot be adapted (track_running_stats=False)")
+        self.num_features = bn.num_features
+        self.eps = bn.eps
+        self.weight = bn.weight
+        self.bias = bn.bias
+        self.register_buffer("running_mean", bn.running_mean)
+        self.register_buffer("running_var", bn.running_var)
+        self.register_buffer("num_batches_tracked", bn.num_batches_tracked)
+
+    def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(mean, var)`` to normalize ``x`` with."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.statistics(x)
+        return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class TestBatchNorm(StatsNorm):
+    """Test-batch statistics only (BN-adapt; Schneider et al. 2020, Nado et al. 2020)."""
+
+    def statistics(self, x):
+        var, mean = batch_statistics(x)
+        return mean, var
+
+
+class MixedBatchNorm(StatsNorm):
+    """alpha-BN statistics: ``mean = alpha * mu_source + (1 - alpha) * mu_test`` (same for var).
+
+    ``alpha`` is the weight on the *source* statistics (see :mod:`tta.methods.alpha_bn`).
+    """
+
+    def __init__(self, bn: _BatchNorm, alpha: float) -> None:
+        super().__init__(bn)
+        self.alpha = alpha
+
+    def statistics(self, x):
+        var, mean = batch_statistics(x)
+        a = self.alpha
+        return a * self.running_mean + (1.0 - a) * mean, a * self.running_var + (1.0 - a) * var
+
+
+class PooledBatchNorm(StatsNorm):
+    """Statistics of every target example seen so far, pooled exactly (AdaBN, online).
+
+    Keeps per channel the count ``n``, mean ``m`` and sum of squared deviations ``M2`` in
+    float64 and merges each batch with Chan et al.'s parallel update:
+
+        d = m_b - m;  n' = n + n_b;  m' = m + d * n_b / n';
+        M2' = M2 + M2_b + d^2 * n * n_b / n';  var = M2' / n'
+
+    so after a domain the statistics equal those of all its inputs computed at once,
+    between-batch variance included (unlike torch's ``momentum=None`` running average of
+    per-batch variances).
+    """
+
+    def __init__(self, bn: _BatchNorm) -> None:
+        super().__init__(bn)
+        device = bn.running_mean.device
+        self.register_buffer("pooled_count", torch.zeros((), dtype=torch.float64, device=device), persistent=False)
+        self.register_buffer("pooled_mean", torch.zeros(bn.num_features, dtype=torch.float64, device=device), persistent=False)
+        self.register_buffer("pooled_m2", torch.zeros(bn.num_features, dtype=torch.float64, device=device), persistent=False)
+
+    def statistics(self, x):
+        var_b, mean_b = batch_statistics(x.detach())
+        n_b = float(x.numel() // x.shape[1])
+        n = self.pooled_count
+        total = n + n_b
+        delta = mean_b.double() - self.pooled_mean
+        self.pooled_m2.add_(var_b.double() * n_b + delta.square() * (n * n_b / total))
+        self.pooled_mean.add_(delta * (n_b / total))
+        self.pooled_count.fill_(total)
+        return self.pooled_mean.to(x.dtype), (self.pooled_m2 / total).to(x.dtype)
+
+    def reset_statistics(self) -> None:
+        self.pooled_count.zero_()
+        self.pooled_mean.zero_()
+        self.pooled_m2.zero_()
+
+
+def replace_batchnorms(model: nn.Module, make: Callable[[_BatchNorm], nn.Module]) -> list[nn.Module]:
+    """Swap every BatchNorm{1,2,3}d in ``model`` for ``make(bn)``; return the new layers."""
+    replaced = []
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, _BatchNorm):
+                layer = make(child)
+                setattr(parent, child_name, layer)
+                replaced.append(layer)
+    if not replaced:
+        raise UserError("the model has no BatchNorm layer, so normalization-statistics methods cannot adapt it")
+    return replaced

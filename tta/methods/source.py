@@ -1,0 +1,12 @@
+"""``source``: the frozen source model, no adaptation (the baseline every method is measured against)."""
+
+from tta.methods.base import Method
+from tta.registry import register_method
+
+
+@register_method("source")
+class Source(Method):
+    """Frozen source model: BatchNorm uses the source (training) running statistics."""
+
+    def forward(self, x):
+        return self.model(x)

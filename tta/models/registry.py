@@ -1,0 +1,70 @@
+"""Model registry: ``@register_model(name, mean=..., std=...)`` factories and ``create_model``.
+
+Every created model takes images in [0, 1]; the input normalization of its checkpoint
+family is part of the model (:class:`Normalized`), so protocols never normalize.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from tta.errors import UserError
+from tta.registry import MODELS
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IDENTITY_MEAN = (0.0, 0.0, 0.0)
+IDENTITY_STD = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    factory: Callable[..., nn.Module]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    doc: str
+
+
+def register_model(name: str, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Register ``factory(num_classes=...) -> nn.Module`` and its checkpoints' input normalization."""
+
+    def decorate(factory):
+        doc = (factory.__doc__ or "").strip().splitlines()
+        MODELS.add(name, ModelEntry(factory, tuple(mean), tuple(std), doc[0] if doc else ""))
+        return factory
+
+    return decorate
+
+
+class Normalized(nn.Module):
+    """``net((x - mean) / std)``: the wrapped network (``.net``) sees its training normalization."""
+
+    def __init__(self, net: nn.Module, mean, std) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def create_model(name: str, num_classes: int) -> Normalized:
+    """A registered model, else any timm model by name (random init; load weights separately)."""
+    if name in MODELS:
+        entry = MODELS.get(name)
+        return Normalized(entry.factory(num_classes=num_classes), entry.mean, entry.std)
+    try:
+        import timm
+    except ImportError:  # pragma: no cover - timm is a dependency
+        raise UserError(MODELS.unknown_message(name)) from None
+    if not timm.list_models(name):
+        close = MODELS.unknown_message(name)
+        raise UserError(f"{close}; it is not a timm model name either")
+    net = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    cfg = getattr(net, "pretrained_cfg", {}) or {}
+    return Normalized(net, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))

@@ -1,0 +1,85 @@
+"""Out-of-tree method plugins.
+
+Three ways in, all ending in :func:`tta.registry.register_method`:
+
+* an installed distribution that declares an entry point in the group ``tta.methods``
+  (``name = "package.module:MethodClass"`` or ``"package.module"``);
+* a drop-in ``*.py`` file in a directory listed in ``$TTA_PLUGIN_PATH`` (``os.pathsep``
+  separated) or in the source checkout's ``methods/`` folder;
+* ``--plugin path/to/file.py`` on the command line.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import inspect
+import os
+import sys
+from pathlib import Path
+
+from tta.errors import UserError
+from tta.registry import METHODS
+
+ENTRY_POINT_GROUP = "tta.methods"
+CHECKOUT_PLUGIN_DIR = Path(__file__).resolve().parents[1] / "methods"
+
+
+def load_entry_points() -> list[str]:
+    """Import every ``tta.methods`` entry point; register classes the plugin did not register itself."""
+    loaded = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a plugin's own bug must not read as a tta traceback
+            raise UserError(f"plugin entry point {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}")
+        if inspect.isclass(obj) and ep.name not in METHODS:
+            from tta.registry import register_method
+
+            register_method(ep.name)(obj)
+        loaded.append(ep.name)
+    return loaded
+
+
+def load_file(path: str | os.PathLike) -> None:
+    """Execute a plugin file; its ``@register_method`` decorators register its methods."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"plugin file {str(path)!r} does not exist")
+    module_name = f"tta_plugin_{path.stem}_{abs(hash(str(path.resolve())))}"
+    if module_name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UserError(f"plugin file {str(path)!r} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except UserError:
+        raise
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise UserError(f"plugin file {str(path)!r} failed to import: {type(exc).__name__}: {exc}")
+
+
+def drop_in_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("TTA_PLUGIN_PATH", "").split(os.pathsep) if p]
+    if CHECKOUT_PLUGIN_DIR.is_dir():
+        dirs.append(CHECKOUT_PLUGIN_DIR)
+    return dirs
+
+
+def load_drop_ins() -> None:
+    for directory in drop_in_dirs():
+        for file in sorted(directory.glob("*.py")):
+            if not file.name.startswith("_"):
+                load_file(file)
+
+
+def load_all(files: list[str] | tuple[str, ...] = ()) -> None:
+    """Load entry points, drop-in directories and explicit plugin files, in that order."""
+    load_entry_points()
+    load_drop_ins()
+    for file in files:
+        load_file(file)
