@@ -12,21 +12,24 @@ from pathlib import Path
 from tta.errors import UserError
 
 
-def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, sha256: str | None, what: str, timeout: float = 30.0) -> Path:
+def download(url: str, dest: Path, sha256: str | None, what: str, timeout: float = 30.0,
+             algorithm: str = "sha256") -> Path:
     """Fetch ``url`` to ``dest`` (atomically, with a progress line on stderr) unless it is there.
+
+    ``sha256`` is the expected hex digest (of ``algorithm``, sha256 unless told otherwise).
 
     A present file with the wrong checksum is downloaded again; a failed download raises a
     :class:`UserError` naming what is missing, where it was looked for and where to get it.
     """
-    if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
+    if dest.is_file() and (sha256 is None or sha256_of(dest, algorithm=algorithm) == sha256):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
@@ -39,9 +42,9 @@ def download(url: str, dest: Path, sha256: str | None, what: str, timeout: float
         reason = getattr(exc, "reason", exc)
         raise UserError(f"{what} is missing: not found at {dest} and the download from {url} failed ({reason}); "
                         f"download it there by hand or point to a local copy") from None
-    if sha256 is not None and (actual := sha256_of(partial)) != sha256:
+    if sha256 is not None and (actual := sha256_of(partial, algorithm=algorithm)) != sha256:
         partial.unlink(missing_ok=True)
-        raise UserError(f"{what} downloaded from {url} has sha256 {actual}, expected {sha256}; not used")
+        raise UserError(f"{what} downloaded from {url} has {algorithm} {actual}, expected {sha256}; not used")
     os.replace(partial, dest)
     return dest
 

@@ -68,7 +68,8 @@ def load_into(net: nn.Module, ref: str, sha256: str | None = None) -> LoadedChec
     path = resolve(ref, sha256)
     state = read_state_dict(path)
     own = net.state_dict()
-    missing = sorted(set(own) - set(state))
+    # checkpoints saved before PyTorch 0.4.1 carry no BatchNorm step counters: keep the model's
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
@@ -81,5 +82,5 @@ def load_into(net: nn.Module, ref: str, sha256: str | None = None) -> LoadedChec
             k = wrong[0]
             parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
         raise UserError(f"checkpoint {str(path)!r} does not fit model {type(net).__name__}: {'; '.join(parts)}")
-    net.load_state_dict(state, strict=True)
+    net.load_state_dict({**own, **state}, strict=True)
     return LoadedCheckpoint(path, sha256_of(path))

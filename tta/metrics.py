@@ -1,0 +1,58 @@
+"""Per-domain classification metrics, accumulated batch by batch on the device.
+
+* ``error``: top-1 error in percent.
+* ``nll``: mean negative log-likelihood (cross-entropy of the softmax) in nats.
+* ``ece``: expected calibration error in percent, 15 equal-width confidence bins
+  (Guo et al., ICML 2017): ``sum_b |B_b|/n * |acc(B_b) - conf(B_b)|``.
+
+Sums stay tensors on the device until :meth:`compute`, so no per-batch host sync.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ECE_BINS = 15
+
+
+class ClassificationMetrics:
+    def __init__(self, bins: int = ECE_BINS) -> None:
+        self.bins = bins
+        self.n = 0
+        self._correct = self._nll = None
+        self._bin_count = self._bin_conf = self._bin_acc = None
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.no_grad():
+            logits = logits.detach().float()
+            log_probs = F.log_softmax(logits, dim=1)
+            confidence, prediction = log_probs.max(dim=1)
+            confidence = confidence.exp()
+            correct = (prediction == labels).float()
+            nll = F.nll_loss(log_probs, labels, reduction="sum")
+            bin_index = (confidence * self.bins).long().clamp_(max=self.bins - 1)
+            counts = torch.bincount(bin_index, minlength=self.bins).float()
+            conf_sum = torch.bincount(bin_index, weights=confidence, minlength=self.bins)
+            acc_sum = torch.bincount(bin_index, weights=correct, minlength=self.bins)
+            if self._correct is None:
+                self._correct, self._nll = correct.sum(), nll
+                self._bin_count, self._bin_conf, self._bin_acc = counts, conf_sum, acc_sum
+            else:
+                self._correct += correct.sum()
+                self._nll += nll
+                self._bin_count += counts
+                self._bin_conf += conf_sum
+                self._bin_acc += acc_sum
+            self.n += len(labels)
+
+    def compute(self) -> dict[str, float]:
+        if not self.n:
+            return {"n": 0, "error": float("nan"), "nll": float("nan"), "ece": float("nan")}
+        gap = (self._bin_acc - self._bin_conf).abs().sum()
+        return {
+            "n": self.n,
+            "error": 100.0 * (1.0 - self._correct.item() / self.n),
+            "nll": self._nll.item() / self.n,
+            "ece": 100.0 * gap.item() / self.n,
+        }

@@ -1,0 +1,84 @@
+"""Declarative protocol specs (TOML) and where they are found.
+
+A spec names the dataset reader, domain order (default: the reader's), severity,
+scenario, batch size, number of classes, and the source model with its checkpoint.
+Built-in specs live in the checkout's top-level ``protocols/`` folder (shipped inside the
+package as ``tta/protocols/specs``); more folders can be listed in ``$TTA_PROTOCOLS``;
+``--protocol path/to/spec.toml`` loads one file directly.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from tta.errors import UserError
+
+BUILTIN_SPEC_DIR = Path(__file__).resolve().parent / "specs"
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    name: str
+    dataset: str
+    description: str
+    num_classes: int
+    model: str
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    domains: tuple[str, ...] | None = None
+    severity: int | None = None
+    scenario: str = "episodic"
+    batch_size: int = 200
+    n_examples: int | None = None
+    task: str = "classification"
+
+
+def load_spec(path: Path) -> ProtocolSpec:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"protocol spec {str(path)!r} is not readable TOML ({exc})") from None
+    known = {f.name for f in fields(ProtocolSpec)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"protocol spec {str(path)!r} has unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    raw.setdefault("name", path.stem)
+    if "domains" in raw:
+        raw["domains"] = tuple(raw["domains"])
+    try:
+        return ProtocolSpec(**raw)
+    except TypeError as exc:
+        raise UserError(f"protocol spec {str(path)!r} is incomplete ({exc})") from None
+
+
+def spec_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("TTA_PROTOCOLS", "").split(os.pathsep) if p]
+    return [*extra, BUILTIN_SPEC_DIR]
+
+
+def available_specs() -> dict[str, Path]:
+    """Protocol name -> spec file; earlier folders in :func:`spec_dirs` win."""
+    found: dict[str, Path] = {}
+    for directory in reversed(spec_dirs()):
+        for file in sorted(directory.glob("*.toml")):
+            found[file.stem] = file
+    return dict(sorted(found.items()))
+
+
+def find_spec(name: str) -> ProtocolSpec:
+    if name.endswith(".toml"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UserError(f"protocol spec file {name!r} does not exist")
+        return load_spec(path)
+    specs = available_specs()
+    if name not in specs:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(specs), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"unknown protocol {name!r}{hint} (see `python -m tta.run --list`)")
+    return load_spec(specs[name])

@@ -1,0 +1,122 @@
+"""``python -m tta.run``: run one method on one protocol and store one row per domain.
+
+    python -m tta.run --method alpha_bn --protocol cifar10c [--hp alpha=0.2] [--seed 1]
+    python -m tta.run --list
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from tta.cli import Parser, guarded
+from tta.errors import UserError
+from tta.hparams import parse_assignments
+from tta.paths import CHECKOUT_ROOT
+
+DEFAULT_STORE = CHECKOUT_ROOT / "leaderboard" / "results.sqlite"
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m tta.run", description="Run a test-time method on a protocol.")
+    p.add_argument("--method", help="method name (see --list)")
+    p.add_argument("--protocol", help="protocol name or path to a spec .toml")
+    p.add_argument("--data-root", help="data root (default: $TTA_DATA, else the checkout's datasets/)")
+    p.add_argument("--model", help="model name: registered, or any timm model (needs --checkpoint)")
+    p.add_argument("--checkpoint", help="checkpoint path or URL (weights-only loading)")
+    p.add_argument("--domains", help="comma-separated domains (default: all, canonical order)")
+    p.add_argument("--severity", type=int, help="corruption severity 1..5")
+    p.add_argument("--batch-size", type=int, help="test batch size")
+    p.add_argument("--n-examples", type=int, help="examples per domain (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stream order and the method (default 0)")
+    p.add_argument("--scenario", help="scenario name (default: the protocol's)")
+    p.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="method hyperparameters")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a method plugin file")
+    p.add_argument("--store", default=str(DEFAULT_STORE), help=f"SQLite result store (default {DEFAULT_STORE})")
+    p.add_argument("--no-store", action="store_true", help="do not read or write the store")
+    p.add_argument("--json", metavar="FILE", help="also write the per-domain rows as a JSON list")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--force", action="store_true", help="recompute cells already in the store")
+    p.add_argument("--list", action="store_true", help="list methods, protocols, models, scenarios")
+    return p
+
+
+def list_everything() -> str:
+    from tta import runner  # noqa: F401 - registers everything
+    from tta.protocols import available_specs, find_spec
+    from tta.registry import DATASETS, METHODS, MODELS, SCENARIOS
+
+    lines = ["methods:"]
+    for name, cls in METHODS.items():
+        hps = ", ".join(f"{k}={v.default}" for k, v in cls.hparams.items())
+        doc = (cls.__doc__ or "").strip().splitlines()
+        lines.append(f"  {name:<12} {doc[0] if doc else ''}" + (f"  [{hps}]" if hps else ""))
+    lines.append("protocols:")
+    for name in available_specs():
+        lines.append(f"  {name:<12} {find_spec(name).description}")
+    lines.append("models:")
+    for name, entry in MODELS.items():
+        lines.append(f"  {name:<12} {entry.doc}")
+    lines.append("  <timm name>  any timm model, e.g. resnet50 (give --checkpoint)")
+    lines.append("scenarios:")
+    for name, cls in SCENARIOS.items():
+        lines.append(f"  {name:<12} {(cls.__doc__ or '').strip().splitlines()[0]}")
+    lines.append("datasets:")
+    for name, cls in DATASETS.items():
+        lines.append(f"  {name:<12} {(cls.__doc__ or '').strip().splitlines()[0]}")
+    return "\n".join(lines)
+
+
+def format_row(row: dict) -> str:
+    return (f"{row['domain']:<22} error {row['error']:6.2f}%  nll {row['nll']:.3f}  ece {row['ece']:5.2f}%  "
+            f"n {row['n']:>6}  {row['images_per_s']:8.0f} img/s")
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tta import plugins
+
+    plugins.load_all(args.plugin)
+    if args.list:
+        print(list_everything())
+        return 0
+    if not args.method or not args.protocol:
+        raise UserError("--method and --protocol are required (see --list)")
+    from tta.runner import Run, RunConfig
+    from tta.store import ResultStore
+
+    config = RunConfig(
+        protocol=args.protocol, method=args.method, hparams=parse_assignments(args.hp), seed=args.seed,
+        model=args.model, checkpoint=args.checkpoint,
+        domains=[d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None,
+        severity=args.severity, batch_size=args.batch_size, n_examples=args.n_examples,
+        scenario=args.scenario, data_root=args.data_root, device=args.device,
+    )
+    store = None if args.no_store else ResultStore(args.store)
+    run = Run(config)
+    print(f"{run.protocol.name} / {run.scenario_name} / {run.method.name} {run.method.hp or ''} "
+          f"seed {config.seed} / {run.model_name} ({run.checkpoint_sha256[:12]})", file=sys.stderr)
+    rows = run.execute(store, force=args.force, on_row=lambda row: print(format_row(row), flush=True))
+    if args.json:
+        write_json(Path(args.json), rows)
+    errors = [r["error"] for r in rows if r["error"] is not None and not math.isnan(r["error"])]
+    if errors:
+        print(f"{'mean':<22} error {sum(errors) / len(errors):6.2f}%  over {len(errors)} domains"
+              + (f"  (store: {store.path})" if store else ""))
+    return 0
+
+
+def write_json(path: Path, rows: list[dict]) -> None:
+    keep = ("domain", "severity", "error", "nll", "ece", "n", "images_per_s", "method_s", "wall_s", "peak_mem_mb",
+            "protocol", "scenario", "method", "hparams", "seed", "model", "checkpoint_sha256", "data_source", "extra")
+    try:
+        path.write_text(json.dumps([{k: r.get(k) for k in keep} for r in rows], indent=1))
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The runner: one straight line from protocol to store.
+
+    for each segment of the scenario:           (a segment = one domain = one result row)
+        reset the method if the scenario says so
+        for each batch:  logits = method(batch.x)          # x only: labels never reach it
+                         metrics.update(logits, batch.y)   # labels go to the metrics
+        store.append(row)                                  # committed at once
+
+Everything that decides a result (protocol, method, resolved hyperparameters, seed,
+model, checkpoint hash, severity, batch size, example cap, and for non-episodic
+scenarios the domain sequence) is hashed into ``run_key``; finished cells are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import resource
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import torch
+
+import tta
+import tta.methods  # noqa: F401 - registers the built-in methods
+import tta.models  # noqa: F401 - registers the built-in models
+import tta.protocols  # noqa: F401 - registers the dataset readers
+from tta import scenarios as _scenarios  # noqa: F401 - registers the scenarios
+from tta.environment import describe, git_revision
+from tta.errors import UserError
+from tta.metrics import ClassificationMetrics
+from tta.methods.base import Method
+from tta.models import create_model, load_into
+from tta.paths import data_root
+from tta.protocols import Protocol, find_spec
+from tta.registry import METHODS, SCENARIOS
+from tta.scenarios import Segment, StreamSettings
+from tta.store import ResultStore
+
+
+@dataclass
+class RunConfig:
+    """What a user asks for; ``None`` means "the protocol spec's value"."""
+
+    protocol: str
+    method: str
+    hparams: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    model: str | None = None
+    checkpoint: str | None = None
+    domains: list[str] | None = None
+    severity: int | None = None
+    batch_size: int | None = None
+    n_examples: int | None = None
+    scenario: str | None = None
+    data_root: str | None = None
+    device: str = "cpu"
+
+
+class Run:
+    """A validated, ready-to-execute run. Construction checks every input before any work."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        spec = find_spec(config.protocol)
+        self.method_cls = METHODS.get(config.method)
+        self.method: Method = self.method_cls(**config.hparams)
+        self.scenario_name = config.scenario or spec.scenario
+        self.scenario = SCENARIOS.get(self.scenario_name)()
+        for name, value in (("batch size", config.batch_size), ("--n-examples", config.n_examples)):
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be at least 1, got {value}")
+        self.protocol = Protocol.create(spec, data_root(config.data_root))
+        self.domains = self.protocol.domains(config.domains, config.severity)
+        self.batch_size = config.batch_size or spec.batch_size
+        self.n_examples = config.n_examples or spec.n_examples
+        self.device = _device(config.device)
+        self.model_name = config.model or spec.model
+        self.checkpoint = config.checkpoint or (spec.checkpoint if self.model_name == spec.model else None)
+        if self.checkpoint is None:
+            raise UserError(f"model {self.model_name!r} is not the protocol's model ({spec.model}); give --checkpoint")
+        self.model = create_model(self.model_name, spec.num_classes)
+        loaded = load_into(self.model.net, self.checkpoint, spec.checkpoint_sha256 if not config.checkpoint else None)
+        self.checkpoint_sha256 = loaded.sha256
+        self.protocol.reader.check(self.domains, self.protocol.root)
+        self.run_key = self._run_key()
+
+    def _run_key(self) -> str:
+        identity = {
+            "protocol": self.protocol.name, "dataset": self.protocol.spec.dataset, "scenario": self.scenario_name,
+            "method": self.method.name, "hparams": self.method.hp, "seed": self.config.seed,
+            "model": self.model_name, "checkpoint_sha256": self.checkpoint_sha256,
+            "batch_size": self.batch_size, "n_examples": self.n_examples,
+            "severity": sorted({d.severity for d in self.domains}, key=str),
+        }
+        if not self.scenario.independent:
+            identity["sequence"] = [d.key for d in self.domains]
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    def base_row(self) -> dict[str, Any]:
+        return {
+            "run_key": self.run_key, "protocol": self.protocol.name, "dataset": self.protocol.spec.dataset,
+            "scenario": self.scenario_name, "method": self.method.name, "hparams": self.method.hp,
+            "seed": self.config.seed, "model": self.model_name, "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256, "batch_size": self.batch_size,
+            "version": tta.__version__, "git_rev": git_revision(), "env": describe(self.device),
+        }
+
+    def execute(self, store: ResultStore | None = None, force: bool = False,
+                on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """Run every unfinished segment; return the rows of all segments (stored ones included)."""
+        finished = set() if (store is None or force) else store.finished(self.run_key)
+        settings = StreamSettings(self.batch_size, self.config.seed, self.n_examples, str(self.device))
+        segments = list(self.scenario.segments(self.protocol, self.domains, settings))
+        if all(s.key in finished for s in segments):
+            return _stored_rows(store, self.run_key)
+        torch.manual_seed(self.config.seed)
+        self.model.to(self.device)
+        self.method.setup(self.model)
+        base = self.base_row()
+        rows = []
+        for index, segment in enumerate(segments):
+            if self.scenario.independent and segment.key in finished:
+                continue
+            if segment.reset_before:
+                self.method.reset()
+            row = {**base, **self.run_segment(segment), "domain_index": index}
+            if segment.key in finished:
+                continue  # recomputed only to reach the state of later segments
+            row["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            if store is not None:
+                store.append(row)
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+        stored = _stored_rows(store, self.run_key) if store is not None else []
+        fresh = {r["domain"] for r in rows}
+        return [r for r in stored if r["domain"] not in fresh] + rows
+
+    def run_segment(self, segment: Segment) -> dict[str, Any]:
+        metrics = ClassificationMetrics()
+        method_s = 0.0
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        grad_context = contextlib.nullcontext if self.method.needs_grad else torch.inference_mode
+        started = time.perf_counter()
+        stream, data_source = segment.open()
+        for batch in stream:
+            tick = time.perf_counter()
+            with grad_context():
+                logits = self._forward(batch.x, segment.key)
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            method_s += time.perf_counter() - tick
+            metrics.update(logits, batch.y)
+        wall_s = time.perf_counter() - started
+        result = metrics.compute()
+        return {
+            "domain": segment.key, "severity": segment.severity, "data_source": data_source, **result,
+            "images_per_s": result["n"] / method_s if method_s > 0 else float("nan"),
+            "method_s": method_s, "wall_s": wall_s, "peak_mem_mb": _peak_memory_mb(self.device),
+            "extra": {},
+        }
+
+    def _forward(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+        try:
+            logits = self.method.forward(x)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"method {self.method.name!r} failed on domain {domain}: {type(exc).__name__}: {exc}") from None
+        expected = (x.shape[0], self.protocol.spec.num_classes)
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise UserError(f"method {self.method.name!r} returned {got} on domain {domain}; expected logits of shape {expected}")
+        return logits
+
+
+def _stored_rows(store: ResultStore | None, run_key: str) -> list[dict[str, Any]]:
+    if store is None:
+        return []
+    return sorted((r for r in store.rows() if r["run_key"] == run_key), key=lambda r: r["domain_index"] or 0)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA device is available")
+    return device
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated by tensors in this segment. CPU: peak resident size of the process."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

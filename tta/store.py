@@ -1,0 +1,109 @@
+"""Append-only SQLite result store: one row per (run configuration, domain), i.e. domain x seed.
+
+Each finished domain is committed in its own ``BEGIN IMMEDIATE`` transaction (WAL
+journal, 60 s busy timeout), so a run that dies keeps every finished domain and several
+processes can append to one file at once without losing rows. A cell is identified by
+``run_key`` (hash of everything that determines the result) and ``domain``; a rerun
+skips finished cells unless forced, and a forced rerun appends a newer row (readers
+take the latest).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Iterable
+
+from tta.errors import UserError
+
+COLUMNS: dict[str, str] = {
+    "run_key": "TEXT NOT NULL",
+    "created_at": "TEXT NOT NULL",
+    "protocol": "TEXT NOT NULL",
+    "dataset": "TEXT",
+    "data_source": "TEXT",
+    "scenario": "TEXT NOT NULL",
+    "method": "TEXT NOT NULL",
+    "hparams": "TEXT NOT NULL",
+    "seed": "INTEGER NOT NULL",
+    "model": "TEXT NOT NULL",
+    "checkpoint": "TEXT",
+    "checkpoint_sha256": "TEXT",
+    "domain": "TEXT NOT NULL",
+    "domain_index": "INTEGER",
+    "severity": "INTEGER",
+    "batch_size": "INTEGER",
+    "n": "INTEGER",
+    "error": "REAL",
+    "nll": "REAL",
+    "ece": "REAL",
+    "images_per_s": "REAL",
+    "method_s": "REAL",
+    "wall_s": "REAL",
+    "peak_mem_mb": "REAL",
+    "version": "TEXT",
+    "git_rev": "TEXT",
+    "env": "TEXT",
+    "extra": "TEXT",
+}
+JSON_COLUMNS = ("hparams", "env", "extra")
+
+
+class ResultStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(self._connect()) as con:
+                con.execute("PRAGMA journal_mode=WAL")
+                columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
+                con.execute(f"CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY AUTOINCREMENT, {columns})")
+                con.execute("CREATE INDEX IF NOT EXISTS results_cell ON results (run_key, domain)")
+                present = {row[1] for row in con.execute("PRAGMA table_info(results)")}
+                for name, kind in COLUMNS.items():
+                    if name not in present:  # stores written by an older tta gain new columns
+                        con.execute(f"ALTER TABLE results ADD COLUMN {name} {kind.replace(' NOT NULL', '')}")
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"result store {str(self.path)!r} is not a usable SQLite file ({exc})") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Insert one finished cell atomically."""
+        values = {k: (json.dumps(row.get(k), sort_keys=True) if k in JSON_COLUMNS else row.get(k)) for k in COLUMNS}
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with closing(self._connect()) as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.execute(f"INSERT INTO results ({names}) VALUES ({marks})", tuple(values.values()))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def finished(self, run_key: str) -> set[str]:
+        """Domains already stored for ``run_key``."""
+        with closing(self._connect()) as con:
+            return {d for (d,) in con.execute("SELECT DISTINCT domain FROM results WHERE run_key = ?", (run_key,))}
+
+    def rows(self, latest_only: bool = True) -> list[dict[str, Any]]:
+        """All rows (the newest per cell when ``latest_only``), JSON columns decoded."""
+        query = "SELECT * FROM results"
+        if latest_only:
+            query += " WHERE id IN (SELECT MAX(id) FROM results GROUP BY run_key, domain)"
+        with closing(self._connect()) as con:
+            con.row_factory = sqlite3.Row
+            out = [dict(r) for r in con.execute(query + " ORDER BY id")]
+        for row in out:
+            for key in JSON_COLUMNS:
+                if row.get(key) is not None:
+                    row[key] = json.loads(row[key])
+        return out
+
+    def extend(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self.append(row)
