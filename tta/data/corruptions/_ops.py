@@ -1,0 +1,181 @@
+"""Batched building blocks shared by the corruption families (images are N x H x W [x C]).
+
+The helpers reproduce the primitive operations the reference scripts apply one image at a time
+(scikit-image ``gaussian``, SciPy ``zoom``, the shift-and-add motion blur, the diamond-square
+plasma fractal) as operations over a whole batch.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+
+def to_float(images: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """uint8 in [0, 255] -> float in [0, 1], as the recipes' ``np.array(x) / 255.``."""
+    return images.astype(dtype) / 255.0
+
+
+def to_uint8(x01: np.ndarray) -> np.ndarray:
+    """``np.uint8(np.clip(x, 0, 1) * 255)``: the recipes truncate toward zero, they do not round."""
+    return (np.clip(x01, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def gaussian_spatial(x: np.ndarray, sigma: float, mode: str = "nearest", truncate: float = 4.0) -> np.ndarray:
+    """scikit-image ``gaussian(img, sigma, channel_axis=-1)`` on every image of a batch.
+
+    Blurs axes 1 and 2 (height, width) only, with SciPy's sampled Gaussian kernel of radius
+    ``int(truncate * sigma + 0.5)``; the batch and channel axes get sigma 0 (untouched).
+    """
+    sigmas = (0.0, float(sigma), float(sigma)) + (0.0,) * (x.ndim - 3)
+    return ndimage.gaussian_filter(x, sigmas, mode=mode, truncate=truncate)
+
+
+@lru_cache(maxsize=64)
+def gaussian_operator(n: int, sigma: float, mode: str, truncate: float) -> np.ndarray:
+    """The n x n matrix G with ``gaussian_filter1d(v, sigma) == G @ v`` (SciPy's own filter on e_j)."""
+    return ndimage.gaussian_filter1d(np.eye(n), sigma, axis=0, mode=mode, truncate=truncate)
+
+
+def gaussian_spatial_matrix(x: np.ndarray, sigma: float, mode: str, truncate: float) -> np.ndarray:
+    """Same result as :func:`gaussian_spatial` on an (N, H, W) batch, as two matrix products.
+
+    Used where the kernel is wider than the image (ImageNet elastic: sigma 170 px on 224 px),
+    where direct convolution would cost ~1000 taps per pixel.
+    """
+    if sigma <= 1e-15:
+        return x.copy()
+    gh = gaussian_operator(x.shape[1], float(sigma), mode, float(truncate))
+    gw = gaussian_operator(x.shape[2], float(sigma), mode, float(truncate))
+    return np.matmul(np.matmul(gh, x), gw.T)
+
+
+@lru_cache(maxsize=256)
+def clipped_zoom_operator(n: int, factor: float) -> np.ndarray:
+    """n x n matrix R of the recipes' ``clipped_zoom`` along one axis.
+
+    ``clipped_zoom``: crop the central ``ch = ceil(n / factor)`` pixels, enlarge them with
+    ``scipy.ndimage.zoom(order=1)`` to ``round(ch * factor)`` pixels, keep the central ``n``.
+    Linear interpolation is separable, so the 2-D zoom of an image X is ``R X R^T``; R is built
+    by zooming the identity with SciPy itself, so it carries SciPy's exact sample positions.
+    """
+    ch = int(np.ceil(n / factor))
+    top = (n - ch) // 2
+    zoomed = ndimage.zoom(np.eye(ch), (factor, 1.0), order=1)  # rows: round(ch * factor)
+    trim = (zoomed.shape[0] - n) // 2
+    op = np.zeros((n, n))
+    op[:, top:top + ch] = zoomed[trim:trim + n]
+    return op
+
+
+def clipped_zoom(x: np.ndarray, factor: float) -> np.ndarray:
+    """Apply :func:`clipped_zoom_operator` to an (N, H, W) or (N, H, W, C) float batch."""
+    rh = clipped_zoom_operator(x.shape[1], float(factor)).astype(x.dtype)
+    rw = clipped_zoom_operator(x.shape[2], float(factor)).astype(x.dtype)
+    # rows: out[n, i, w, c] = sum_h rh[i, h] x[n, h, w, c]; columns likewise with rw.
+    y = np.tensordot(rh, x, axes=([1], [1]))          # (H, N, W, ...)
+    y = np.tensordot(rw, y, axes=([1], [2]))          # (W, H, N, ...)
+    return np.moveaxis(np.moveaxis(y, 2, 0), 1, 2)     # (N, W, H) -> (N, H, W)
+
+
+def motion_kernel(radius: int, sigma: float) -> np.ndarray:
+    """ImageMagick-style one-sided motion kernel: width ``2 r + 1``, ``k_i ~ exp(-i^2 / 2 sigma^2)``."""
+    width = 2 * int(radius) + 1
+    i = np.arange(width, dtype=np.float64)
+    k = np.exp(-(i ** 2) / (2.0 * sigma ** 2)) / (np.sqrt(2.0 * np.pi) * sigma)
+    return k / k.sum()
+
+
+def motion_blur(x: np.ndarray, radius: int, sigma: float, angles_deg: np.ndarray) -> np.ndarray:
+    """Batched wand-free motion blur (the ``imagecorruptions`` 1.1 reproduction of ImageMagick's).
+
+    For image n with angle a_n: ``out = sum_i k_i * x[clip(r + dy_i), clip(c + dx_i)]`` over
+    ``i = 0 .. 2 radius``, where ``dy_i = -ceil(i sin a - 1/2)``, ``dx_i = -ceil(i cos a - 1/2)``
+    and the clip replicates the border pixels; a tap whose shift leaves the image ends the sum.
+    """
+    n, h, w = x.shape[:3]
+    k = motion_kernel(radius, sigma)
+    rad = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    flat = x.reshape(n * h * w, -1)
+    out = np.zeros_like(flat, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+    rows, cols = np.arange(h), np.arange(w)
+    base = (np.arange(n) * (h * w))[:, None, None]
+    alive = np.ones(n, dtype=bool)
+    for i, weight in enumerate(k):
+        dy = -np.ceil(i * np.sin(rad) - 0.5).astype(np.int64)
+        dx = -np.ceil(i * np.cos(rad) - 0.5).astype(np.int64)
+        alive &= (np.abs(dy) < h) & (np.abs(dx) < w)
+        if not alive.any():
+            break
+        r = np.clip(rows[None, :] - dy[:, None], 0, h - 1)   # shifted[r] = x[r - dy]
+        c = np.clip(cols[None, :] - dx[:, None], 0, w - 1)
+        idx = base + r[:, :, None] * w + c[:, None, :]
+        tap = flat[idx.reshape(-1)]
+        if not alive.all():
+            tap = tap * np.repeat(alive, h * w)[:, None]
+        out += weight * tap
+    return out.reshape(x.shape)
+
+
+def plasma_fractal(n: int, mapsize: int, wibbledecay: float, rng: np.random.Generator) -> np.ndarray:
+    """Diamond-square height maps in [0, 1], one per image, shape (n, mapsize, mapsize).
+
+    The recipes' fog texture: at each level the new midpoints are the mean of their four
+    neighbours (with wrap-around) plus ``wibble * U(-wibble, wibble)``; wibble starts at 100 and
+    is divided by ``wibbledecay`` per level; the map is finally rescaled to [0, 1].
+    """
+    if mapsize & (mapsize - 1):
+        raise ValueError("mapsize must be a power of two")
+    a = np.zeros((n, mapsize, mapsize))
+    step, wibble = mapsize, 100.0
+
+    def wibbled_mean(total):
+        return total / 4 + wibble * rng.uniform(-wibble, wibble, total.shape)
+
+    while step >= 2:
+        half = step // 2
+        corners = a[:, 0:mapsize:step, 0:mapsize:step]
+        squares = corners + np.roll(corners, -1, axis=1)
+        squares = squares + np.roll(squares, -1, axis=2)
+        a[:, half:mapsize:step, half:mapsize:step] = wibbled_mean(squares)
+        dr = a[:, half:mapsize:step, half:mapsize:step]
+        ul = a[:, 0:mapsize:step, 0:mapsize:step]
+        a[:, 0:mapsize:step, half:mapsize:step] = wibbled_mean(
+            dr + np.roll(dr, 1, axis=1) + ul + np.roll(ul, -1, axis=2))
+        a[:, half:mapsize:step, 0:mapsize:step] = wibbled_mean(
+            dr + np.roll(dr, 1, axis=2) + ul + np.roll(ul, -1, axis=1))
+        step //= 2
+        wibble /= wibbledecay
+    a -= a.min(axis=(1, 2), keepdims=True)
+    return a / a.max(axis=(1, 2), keepdims=True)
+
+
+def next_power_of_2(v: int) -> int:
+    return 1 if v <= 1 else 2 ** (int(v) - 1).bit_length()
+
+
+def filter2d_batch(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``cv2.filter2D(img, -1, kernel)`` (BORDER_REFLECT_101) on every image, in one OpenCV call.
+
+    Each image is padded by the kernel radius with reflect-101 (``np.pad(mode="reflect")``), the
+    padded images are stacked into one tall image and filtered once; the rows that would mix two
+    images are exactly the padding, which is cropped away.
+    """
+    n, h, w = x.shape[:3]
+    ky, kx = kernel.shape[0] // 2, kernel.shape[1] // 2
+    pad = [(0, 0), (ky, ky), (kx, kx)] + [(0, 0)] * (x.ndim - 3)
+    padded = np.pad(x, pad, mode="reflect")
+    hp, wp = h + 2 * ky, w + 2 * kx
+    tall = np.ascontiguousarray(padded.reshape((n * hp, wp) + x.shape[3:]))
+    out = cv2.filter2D(tall, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+    return out.reshape((n, hp, wp) + x.shape[3:])[:, ky:ky + h, kx:kx + w]
+
+
+def rgb_to_gray(x: np.ndarray) -> np.ndarray:
+    """OpenCV ``COLOR_RGB2GRAY``: ``0.299 R + 0.587 G + 0.114 B`` (float images)."""
+    return x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+
+

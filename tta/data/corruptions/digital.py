@@ -1,0 +1,145 @@
+"""Digital corruptions (Hendrycks & Dietterich, ICLR 2019, Sec. 3 "Digital"; extra: saturate).
+
+x = image / 255; results end with ``uint8(clip(y, 0, 1) * 255)`` (truncation) unless noted.
+
+* brightness: in HSV, ``V' = clip(V + c, 0, 1)``. Hue and saturation fixed means every channel
+  scales with V: ``y = x V' / V`` (a black pixel becomes grey ``V'``).
+* contrast: ``y = (x - mean) c + mean``, mean per image and channel.
+* saturate: in HSV, ``S' = clip(S a + b, 0, 1)``; with H and V fixed each channel moves linearly
+  in S: ``y = V - (V - x) S' / S``; a grey pixel (S = 0, hue 0 = red) becomes
+  ``(V, V (1 - S'), V (1 - S'))``, as scikit-image ``hsv2rgb`` does.
+* pixelate: PIL box downscale to ``int(c H) x int(c W)``, then box upscale back.
+* jpeg_compression: PIL JPEG encode at quality c, decode.
+* elastic_transform: random affine warp (three control points moved by U(-a, a), OpenCV bilinear,
+  reflect-101 borders), then displacement ``u = alpha * G_sigma * U(-1, 1)`` per axis (Gaussian
+  of SciPy, mode reflect, truncate 3), sampled bilinearly with half-sample-symmetric borders
+  (SciPy ``map_coordinates(order=1, mode="reflect")``).
+"""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from tta.data.corruptions import _ops
+from tta.data.corruptions._ops import to_float, to_uint8
+from tta.data.corruptions.registry import Context, register
+
+
+@register("brightness", "digital",
+          cifar=(0.05, 0.1, 0.15, 0.2, 0.3), imagenet=(0.1, 0.2, 0.3, 0.4, 0.5))
+def brightness(images: np.ndarray, c: float, ctx: Context) -> np.ndarray:
+    x = to_float(images)
+    v = x.max(axis=-1, keepdims=True)
+    v_new = np.minimum(v + c, 1.0)
+    scale = np.divide(v_new, v, out=np.zeros_like(v), where=v > 0)
+    y = np.where(v > 0, x * scale, v_new)
+    return to_uint8(y)
+
+
+@register("contrast", "digital",
+          cifar=(0.75, 0.5, 0.4, 0.3, 0.15), imagenet=(0.4, 0.3, 0.2, 0.1, 0.05))
+def contrast(images: np.ndarray, c: float, ctx: Context) -> np.ndarray:
+    x = to_float(images)
+    means = x.mean(axis=(1, 2), keepdims=True)
+    return to_uint8((x - means) * c + means)
+
+
+@register("saturate", "digital",
+          cifar=((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
+          imagenet=((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)))
+def saturate(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
+    x = to_float(images)
+    v = x.max(axis=-1, keepdims=True)
+    s = np.divide(v - x.min(axis=-1, keepdims=True), v, out=np.zeros_like(v), where=v > 0)
+    s_new = np.clip(s * c[0] + c[1], 0, 1)
+    ratio = np.divide(s_new, s, out=np.zeros_like(s), where=s > 0)
+    y = v - (v - x) * ratio
+    grey = np.concatenate([v, v * (1 - s_new), v * (1 - s_new)], axis=-1)
+    return to_uint8(np.where(s > 0, y, grey))
+
+
+def _pil_each(images: np.ndarray, op) -> np.ndarray:
+    out = np.empty_like(images)
+    for i, img in enumerate(images):
+        out[i] = np.asarray(op(Image.fromarray(img)))
+    return out
+
+
+@register("pixelate", "digital",
+          cifar=(0.95, 0.9, 0.85, 0.75, 0.65), imagenet=(0.6, 0.5, 0.4, 0.3, 0.25))
+def pixelate(images: np.ndarray, c: float, ctx: Context) -> np.ndarray:
+    h, w = images.shape[1:3]
+    small = (int(w * c), int(h * c))
+    return _pil_each(images, lambda im: im.resize(small, Image.BOX).resize((w, h), Image.BOX))
+
+
+def _jpeg(im: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return decoded.convert("RGB")
+
+
+@register("jpeg_compression", "digital",
+          cifar=(80, 65, 58, 50, 40), imagenet=(25, 18, 15, 10, 7))
+def jpeg_compression(images: np.ndarray, c: int, ctx: Context) -> np.ndarray:
+    return _pil_each(images, lambda im: _jpeg(im, int(c)))
+
+
+def reflect_index(i: np.ndarray, n: int) -> np.ndarray:
+    """Half-sample-symmetric extension (d c b a | a b c d | d c b a), period 2n."""
+    i = np.mod(i, 2 * n)
+    return np.where(i >= n, 2 * n - 1 - i, i)
+
+
+def bilinear_reflect(img: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Bilinear sampling of (N, H, W, C) at per-image (N, H, W) coordinates, reflect borders."""
+    n, h, w = img.shape[:3]
+    r0, c0 = np.floor(rows), np.floor(cols)
+    fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
+    r0, c0 = r0.astype(np.int64), c0.astype(np.int64)
+    ra, rb = reflect_index(r0, h), reflect_index(r0 + 1, h)
+    ca, cb = reflect_index(c0, w), reflect_index(c0 + 1, w)
+    flat = img.reshape(n * h * w, -1)
+    base = (np.arange(n) * (h * w))[:, None, None]
+
+    def tap(r, c):
+        return flat[(base + r * w + c).reshape(-1)].reshape(img.shape)
+
+    top = tap(ra, ca) * (1 - fc) + tap(ra, cb) * fc
+    bottom = tap(rb, ca) * (1 - fc) + tap(rb, cb) * fc
+    return top * (1 - fr) + bottom * fr
+
+
+def _s(f):  # the ImageNet table is written in units of 244 px ("should have been 224", per its author)
+    return tuple(v * 244 for v in f)
+
+
+@register("elastic_transform", "digital",
+          cifar=tuple(tuple(v * 32 for v in f) for f in
+                      ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03))),
+          imagenet=(_s((2, 0.7, 0.1)), _s((2, 0.08, 0.2)), _s((0.05, 0.01, 0.02)),
+                    _s((0.07, 0.01, 0.02)), _s((0.12, 0.01, 0.02))))
+def elastic_transform(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
+    alpha, sigma, affine = c
+    n, h, w = images.shape[:3]
+    x = to_float(images, np.float32)
+    center = np.float32([h, w]) // 2
+    square = min(h, w) // 3
+    src = np.float32([center + square, [center[0] + square, center[1] - square], center - square])
+    moves = ctx.rng.uniform(-affine, affine, size=(n, 3, 2)).astype(np.float32)
+    warped = np.empty_like(x)
+    for i in range(n):
+        m = cv2.getAffineTransform(src, src + moves[i])
+        warped[i] = cv2.warpAffine(x[i], m, (w, h), borderMode=cv2.BORDER_REFLECT_101)
+    fields = ctx.rng.uniform(-1, 1, size=(2, n, h, w))  # dx for all images, then dy
+    dx = (_ops.gaussian_spatial_matrix(fields[0], sigma, "reflect", 3.0) * alpha).astype(np.float32)
+    dy = (_ops.gaussian_spatial_matrix(fields[1], sigma, "reflect", 3.0) * alpha).astype(np.float32)
+    rows = np.arange(h, dtype=np.float64)[None, :, None] + dy
+    cols = np.arange(w, dtype=np.float64)[None, None, :] + dx
+    return to_uint8(bilinear_reflect(warped, rows, cols))
