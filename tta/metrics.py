@@ -13,15 +13,40 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tta.registry import TASKS
+
 ECE_BINS = 15
 
 
-class ClassificationMetrics:
-    def __init__(self, bins: int = ECE_BINS) -> None:
+class Metrics:
+    """Base of a task's metric accumulator (``TASKS`` registry, chosen by the spec's ``task``)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+
+    def expected_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        """The output shape a method must return for input ``x``."""
+        raise NotImplementedError
+
+    def update(self, output: torch.Tensor, labels: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:
+        """At least ``n`` and ``error`` (percent, lower is better)."""
+        raise NotImplementedError
+
+
+@TASKS.register("classification")
+class ClassificationMetrics(Metrics):
+    def __init__(self, num_classes: int, bins: int = ECE_BINS) -> None:
+        super().__init__(num_classes)
         self.bins = bins
         self.n = 0
         self._correct = self._nll = None
         self._bin_count = self._bin_conf = self._bin_acc = None
+
+    def expected_shape(self, x):
+        return (x.shape[0], self.num_classes)
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         with torch.no_grad():

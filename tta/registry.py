@@ -67,6 +67,7 @@ MODELS: Registry = Registry("model")
 DATASETS: Registry = Registry("dataset")
 SCENARIOS: Registry = Registry("scenario")
 WEIGHTS: Registry = Registry("built-in weights")
+TASKS: Registry = Registry("task")  # task name -> metric accumulator class
 
 
 def register_method(name: str):

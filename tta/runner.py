@@ -31,12 +31,12 @@ import tta.protocols  # noqa: F401 - registers the dataset readers
 from tta import scenarios as _scenarios  # noqa: F401 - registers the scenarios
 from tta.environment import describe, git_revision
 from tta.errors import UserError
-from tta.metrics import ClassificationMetrics
+from tta import metrics as _metrics  # noqa: F401 - registers the classification metrics
 from tta.methods.base import Method
 from tta.models import create_model, load_into
 from tta.paths import data_root
 from tta.protocols import Protocol, find_spec
-from tta.registry import METHODS, SCENARIOS
+from tta.registry import METHODS, SCENARIOS, TASKS
 from tta.scenarios import Segment, StreamSettings
 from tta.store import ResultStore
 
@@ -141,7 +141,7 @@ class Run:
         return [r for r in stored if r["domain"] not in fresh] + rows
 
     def run_segment(self, segment: Segment) -> dict[str, Any]:
-        metrics = ClassificationMetrics()
+        metrics = TASKS.get(self.protocol.spec.task)(self.protocol.spec.num_classes)
         method_s = 0.0
         cuda = self.device.type == "cuda"
         if cuda:
@@ -152,7 +152,7 @@ class Run:
         for batch in stream:
             tick = time.perf_counter()
             with grad_context():
-                logits = self._forward(batch.x, segment.key)
+                logits = self._forward(batch.x, segment.key, metrics.expected_shape(batch.x))
             if cuda:
                 torch.cuda.synchronize(self.device)
             method_s += time.perf_counter() - tick
@@ -166,14 +166,13 @@ class Run:
             "extra": {},
         }
 
-    def _forward(self, x: torch.Tensor, domain: str) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, domain: str, expected: tuple[int, ...]) -> torch.Tensor:
         try:
             logits = self.method.forward(x)
         except UserError:
             raise
         except Exception as exc:
             raise UserError(f"method {self.method.name!r} failed on domain {domain}: {type(exc).__name__}: {exc}") from None
-        expected = (x.shape[0], self.protocol.spec.num_classes)
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise UserError(f"method {self.method.name!r} returned {got} on domain {domain}; expected logits of shape {expected}")
