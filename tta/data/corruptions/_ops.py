@@ -100,7 +100,7 @@ def motion_blur(x: np.ndarray, radius: int, sigma: float, angles_deg: np.ndarray
     k = motion_kernel(radius, sigma)
     rad = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
     flat = x.reshape(n * h * w, -1)
-    out = np.zeros_like(flat, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+    out = np.zeros(flat.shape, dtype=np.float64)
     rows, cols = np.arange(h), np.arange(w)
     base = (np.arange(n) * (h * w))[:, None, None]
     alive = np.ones(n, dtype=bool)

@@ -48,7 +48,7 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
           imagenet=((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)))
 def defocus_blur(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
     kernel = disk_kernel(float(c[0]), float(c[1]))
-    return to_uint8(_ops.filter2d_batch(to_float(images, np.float32), kernel))
+    return to_uint8(_ops.filter2d_batch(to_float(images), kernel))
 
 
 def _glass_sweep(x: np.ndarray, d: int, offsets: np.ndarray) -> None:
@@ -97,7 +97,7 @@ def glass_blur(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
           imagenet=((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)))
 def motion_blur(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
     angles = ctx.rng.uniform(-45, 45, size=len(images))
-    y = _ops.motion_blur(images.astype(np.float32), c[0], c[1], angles)
+    y = _ops.motion_blur(images.astype(np.float64), c[0], c[1], angles)
     return np.clip(y, 0, 255).astype(np.uint8)
 
 

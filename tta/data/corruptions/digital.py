@@ -2,12 +2,11 @@
 
 x = image / 255; results end with ``uint8(clip(y, 0, 1) * 255)`` (truncation) unless noted.
 
-* brightness: in HSV, ``V' = clip(V + c, 0, 1)``. Hue and saturation fixed means every channel
-  scales with V: ``y = x V' / V`` (a black pixel becomes grey ``V'``).
+* brightness: in HSV, ``V' = clip(V + c, 0, 1)`` (hue and saturation kept); the round trip
+  RGB -> HSV -> RGB uses scikit-image's formulas, whose rounding the published data carries.
 * contrast: ``y = (x - mean) c + mean``, mean per image and channel.
-* saturate: in HSV, ``S' = clip(S a + b, 0, 1)``; with H and V fixed each channel moves linearly
-  in S: ``y = V - (V - x) S' / S``; a grey pixel (S = 0, hue 0 = red) becomes
-  ``(V, V (1 - S'), V (1 - S'))``, as scikit-image ``hsv2rgb`` does.
+* saturate: in HSV, ``S' = clip(S a + b, 0, 1)`` (hue and value kept); a grey pixel has hue 0
+  (red), so ``b > 0`` tints grey pixels red, as in the published data.
 * pixelate: PIL box downscale to ``int(c H) x int(c W)``, then box upscale back.
 * jpeg_compression: PIL JPEG encode at quality c, decode.
 * elastic_transform: random affine warp (three control points moved by U(-a, a), OpenCV bilinear,
@@ -29,15 +28,41 @@ from tta.data.corruptions._ops import to_float, to_uint8
 from tta.data.corruptions.registry import Context, register
 
 
+def rgb_to_hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HSV of float RGB in [0, 1] (last axis), with scikit-image's formulas and tie order.
+
+    ``V = max``, ``S = (max - min) / V`` (0 for grey), hue sector from the maximal channel (blue
+    over green over red on ties), ``H = (sector + ratio) / 6 mod 1`` (0 for grey).
+    """
+    v = x.max(axis=-1)
+    delta = v - x.min(axis=-1)
+    grey = delta == 0
+    safe = np.where(grey, 1.0, delta)
+    s = np.where(grey, 0.0, delta / np.where(v == 0, 1.0, v))
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    h = np.where(b == v, 4.0 + (r - g) / safe, np.where(g == v, 2.0 + (b - r) / safe, (g - b) / safe))
+    h = np.where(grey, 0.0, (h / 6.0) % 1.0)
+    return h, s, v
+
+
+def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """RGB from HSV, with scikit-image's sector formulas (p, q, t as in its ``hsv2rgb``)."""
+    hi = np.floor(h * 6)
+    f = h * 6 - hi
+    p = v * (1 - s)
+    q = v * (1 - f * s)
+    t = v * (1 - (1 - f) * s)
+    sector = (hi.astype(np.uint8) % 6)[..., None]
+    table = np.stack([np.stack(c, axis=-1) for c in
+                      ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
+    return np.take_along_axis(table, sector[None], axis=0)[0]
+
+
 @register("brightness", "digital",
           cifar=(0.05, 0.1, 0.15, 0.2, 0.3), imagenet=(0.1, 0.2, 0.3, 0.4, 0.5))
 def brightness(images: np.ndarray, c: float, ctx: Context) -> np.ndarray:
-    x = to_float(images)
-    v = x.max(axis=-1, keepdims=True)
-    v_new = np.minimum(v + c, 1.0)
-    scale = np.divide(v_new, v, out=np.zeros_like(v), where=v > 0)
-    y = np.where(v > 0, x * scale, v_new)
-    return to_uint8(y)
+    h, s, v = rgb_to_hsv(to_float(images))
+    return to_uint8(hsv_to_rgb(h, s, np.clip(v + c, 0, 1)))
 
 
 @register("contrast", "digital",
@@ -52,14 +77,8 @@ def contrast(images: np.ndarray, c: float, ctx: Context) -> np.ndarray:
           cifar=((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
           imagenet=((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)))
 def saturate(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
-    x = to_float(images)
-    v = x.max(axis=-1, keepdims=True)
-    s = np.divide(v - x.min(axis=-1, keepdims=True), v, out=np.zeros_like(v), where=v > 0)
-    s_new = np.clip(s * c[0] + c[1], 0, 1)
-    ratio = np.divide(s_new, s, out=np.zeros_like(s), where=s > 0)
-    y = v - (v - x) * ratio
-    grey = np.concatenate([v, v * (1 - s_new), v * (1 - s_new)], axis=-1)
-    return to_uint8(np.where(s > 0, y, grey))
+    h, s, v = rgb_to_hsv(to_float(images))
+    return to_uint8(hsv_to_rgb(h, np.clip(s * c[0] + c[1], 0, 1), v))
 
 
 def _pil_each(images: np.ndarray, op) -> np.ndarray:

@@ -128,7 +128,8 @@ def spatter(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
         m = m[..., None].astype(np.float64)
         x = to_float(images, np.float32)
         return to_uint8(x * (1 - m) + m * _MUD)
-    liquid8 = (np.clip(liquid, 0, 1) * 255).astype(np.uint8)
+    # values above 1 wrap around modulo 256, as NumPy's float -> uint8 cast did for the published data
+    liquid8 = (liquid * 255).astype(np.int64).astype(np.uint8)
     m = np.empty((n, h, w), dtype=np.float32)
     for i in range(n):
         m[i] = liquid8[i] * _water_texture(liquid8[i])
