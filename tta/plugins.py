@@ -22,6 +22,7 @@ from tta.errors import UserError
 from tta.registry import METHODS
 
 ENTRY_POINT_GROUP = "tta.methods"
+TRAINING_ENTRY_POINT_GROUP = "tta.training_methods"
 CHECKOUT_PLUGIN_DIR = Path(__file__).resolve().parents[1] / "methods"
 
 
@@ -37,6 +38,22 @@ def load_entry_points() -> list[str]:
             from tta.registry import register_method
 
             register_method(ep.name)(obj)
+        loaded.append(ep.name)
+    return loaded
+
+
+def load_training_entry_points() -> list[str]:
+    """Import every ``tta.training_methods`` entry point (DG training methods, :mod:`tta.training`)."""
+    from tta.registry import TRAINING_METHODS, register_training_method
+
+    loaded = []
+    for ep in importlib.metadata.entry_points(group=TRAINING_ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            raise UserError(f"plugin entry point {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}")
+        if inspect.isclass(obj) and ep.name not in TRAINING_METHODS:
+            register_training_method(ep.name)(obj)
         loaded.append(ep.name)
     return loaded
 
@@ -80,6 +97,7 @@ def load_drop_ins() -> None:
 def load_all(files: list[str] | tuple[str, ...] = ()) -> None:
     """Load entry points, drop-in directories and explicit plugin files, in that order."""
     load_entry_points()
+    load_training_entry_points()
     load_drop_ins()
     for file in files:
         load_file(file)

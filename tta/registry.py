@@ -68,6 +68,7 @@ DATASETS: Registry = Registry("dataset")
 SCENARIOS: Registry = Registry("scenario")
 WEIGHTS: Registry = Registry("built-in weights")
 TASKS: Registry = Registry("task")  # task name -> metric accumulator class
+TRAINING_METHODS: Registry = Registry("training method")  # DG training methods (tta.training)
 
 
 def register_method(name: str):
@@ -76,6 +77,17 @@ def register_method(name: str):
     def decorate(cls):
         cls.name = name
         METHODS.add(name, cls)
+        return cls
+
+    return decorate
+
+
+def register_training_method(name: str):
+    """Register a :class:`tta.training.base.TrainingMethod` subclass under ``name`` (sets ``cls.name``)."""
+
+    def decorate(cls):
+        cls.name = name
+        TRAINING_METHODS.add(name, cls)
         return cls
 
     return decorate
