@@ -74,6 +74,10 @@ class Run:
             if value is not None and value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
         self.protocol = Protocol.create(spec, data_root(config.data_root))
+        missing = [k for k in self.method.side_inputs if k not in self.protocol.reader.side_inputs]
+        if missing:
+            raise UserError(f"method {self.method.name!r} needs side input {missing[0]!r}, which protocol "
+                            f"{self.protocol.name!r} does not provide")
         self.domains = self.protocol.domains(config.domains, config.severity)
         self.batch_size = config.batch_size or spec.batch_size
         self.n_examples = config.n_examples or spec.n_examples
@@ -152,7 +156,8 @@ class Run:
         for batch in stream:
             tick = time.perf_counter()
             with grad_context():
-                logits = self._forward(batch.x, segment.key, metrics.expected_shape(batch.x))
+                extras = {k: batch.extras[k] for k in self.method.side_inputs}
+                logits = self._forward(batch.x, extras, segment.key, metrics.expected_shape(batch.x))
             if cuda:
                 torch.cuda.synchronize(self.device)
             method_s += time.perf_counter() - tick
@@ -163,12 +168,13 @@ class Run:
             "domain": segment.key, "severity": segment.severity, "data_source": data_source, **result,
             "images_per_s": result["n"] / method_s if method_s > 0 else float("nan"),
             "method_s": method_s, "wall_s": wall_s, "peak_mem_mb": _peak_memory_mb(self.device),
-            "extra": {},
+            "extra": {**result.get("extra", {}), **self.method.row_extra()},
         }
 
-    def _forward(self, x: torch.Tensor, domain: str, expected: tuple[int, ...]) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, extras: dict[str, torch.Tensor], domain: str,
+                 expected: tuple[int, ...]) -> torch.Tensor:
         try:
-            logits = self.method.forward(x)
+            logits = self.method.forward(x, **extras)
         except UserError:
             raise
         except Exception as exc:

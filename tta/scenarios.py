@@ -47,7 +47,8 @@ def domain_segment(protocol: Protocol, domain: Domain, settings: StreamSettings,
     def open_stream():
         data = protocol.reader.load(domain, protocol.root)
         order = shuffled(len(data.labels), settings.seed, domain.key, settings.n_examples)
-        return batches(data.images, data.labels, order, settings.batch_size, domain.key, settings.device), data.source
+        stream = batches(data.images, data.labels, order, settings.batch_size, domain.key, settings.device, data.extras)
+        return stream, data.source
 
     return Segment(domain.key, domain.severity, reset_before, open_stream)
 

@@ -26,12 +26,16 @@ def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.T
 
 
 def batches(images: np.ndarray, labels: np.ndarray, order: np.ndarray, batch_size: int, domain: str,
-            device: torch.device | str = "cpu") -> Iterator[Batch]:
-    """Batches of ``images[order]`` in that order (the last batch may be smaller)."""
+            device: torch.device | str = "cpu", extras: dict[str, np.ndarray] | None = None) -> Iterator[Batch]:
+    """Batches of ``images[order]`` in that order (the last batch may be smaller).
+
+    ``extras``: side image arrays indexed like ``images`` (uint8 NHWC), converted like ``x``.
+    """
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
+        side = {name: to_tensor(array[idx], device) for name, array in (extras or {}).items()}
         yield Batch(to_tensor(images[idx], device), torch.from_numpy(labels[idx]).to(device), domain,
-                    torch.from_numpy(idx))
+                    torch.from_numpy(idx), side)
 
 
 def shuffled(n: int, seed: int, key: str, limit: int | None = None) -> np.ndarray:

@@ -27,13 +27,17 @@ class Batch:
 
     ``x`` is a float tensor in [0, 1], NCHW (normalization lives in the model);
     ``y`` the integer labels; ``index`` the position of each example in its domain's
-    array (so any run can be traced back to the exact images it saw).
+    array (so any run can be traced back to the exact images it saw); ``extras`` holds
+    label-free side inputs the protocol provides per example (e.g. ``reference``: a
+    normal-condition image of the same place, float NCHW in [0, 1]). The runner passes a
+    method only the side inputs it declares in ``Method.side_inputs``.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     domain: str
     index: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass

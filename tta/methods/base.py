@@ -6,7 +6,9 @@ A method wraps a source model for one run. The runner calls
   selects trainable parameters, builds an optimizer) and declares what it touches; the
   base class then snapshots exactly that state;
 * ``forward(x)`` for every test batch: adapt (if the method adapts) and return logits.
-  ``x`` is the only input; labels never reach a method;
+  ``x`` is the only input; labels never reach a method. A method that needs label-free
+  side inputs of the protocol (e.g. CMA's normal-condition ``reference`` image) names
+  them in ``side_inputs`` and receives them as keyword arguments, ``forward(x, reference=...)``;
 * ``reset()`` whenever the scenario says so (episodic: before every domain): the model
   and all method state return to the snapshot bit for bit.
 
@@ -31,6 +33,8 @@ class Method:
     hparams: ClassVar[dict[str, HParam]] = {}
     #: ``False`` lets the runner call ``forward`` under ``torch.inference_mode``.
     needs_grad: ClassVar[bool] = False
+    #: label-free side inputs (``Batch.extras`` keys) passed to ``forward`` as keyword arguments
+    side_inputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **overrides: Any) -> None:
         self.hp: dict[str, Any] = resolve(f"method {self.name!r}", self.hparams, overrides)
@@ -70,9 +74,25 @@ class Method:
     def reset_state(self) -> None:
         """Reset state the method keeps outside the model (running statistics, optimizer)."""
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x)
+    def diverged(self) -> bool:
+        """Whether a declared tensor turned non-finite (NaN/inf); the runner then resets the method.
+
+        Subclasses with a loss extend this (e.g. with their last loss). One host sync per call.
+        """
+        return bool(self._touched) and not all_finite(self._touched)
+
+    def row_extra(self) -> dict[str, Any]:
+        """Facts about how the method ran that go into each result row's ``extra`` (default none)."""
+        return {}
+
+    def __call__(self, x: torch.Tensor, **extras: torch.Tensor) -> torch.Tensor:
+        return self.forward(x, **extras)
 
     def describe(self) -> str:
         doc = (type(self).__doc__ or "").strip().splitlines()
         return doc[0] if doc else ""
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """True when every element of every tensor is finite (one host sync for the whole list)."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())

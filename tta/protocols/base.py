@@ -7,7 +7,7 @@ scenario's job (:mod:`tta.scenarios`), not the reader's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,8 @@ class DomainData:
     images: np.ndarray  # uint8, N x H x W x C
     labels: np.ndarray  # int64, N
     source: str  # "official" | "generated" | "procedural" ...
+    #: label-free side arrays indexed like ``images`` (e.g. ``reference`` images, uint8 NHWC)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class DatasetReader:
@@ -32,6 +34,8 @@ class DatasetReader:
     domains: tuple[str, ...] = ()
     #: whether domains come in severities 1..5
     has_severity: bool = True
+    #: names of the label-free side arrays :meth:`load` provides in ``DomainData.extras``
+    side_inputs: tuple[str, ...] = ()
 
     def check(self, domains: list[Domain], root: Path) -> None:
         """Raise a :class:`UserError` naming what is missing before any work starts."""
