@@ -81,13 +81,6 @@ class Method:
         """
         return bool(self._touched) and not all_finite(self._touched)
 
-    def diverged(self) -> bool:
-        """Whether a declared tensor turned non-finite (NaN/inf); the runner then resets the method.
-
-        Subclasses with a loss extend this (e.g. with their last loss). One host sync per call.
-        """
-        return bool(self._touched) and not all_finite(self._touched)
-
     def row_extra(self) -> dict[str, Any]:
         """Facts about how the method ran that go into each result row's ``extra`` (default none)."""
         return {}
@@ -98,11 +91,6 @@ class Method:
     def describe(self) -> str:
         doc = (type(self).__doc__ or "").strip().splitlines()
         return doc[0] if doc else ""
-
-
-def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """True when every element of every tensor is finite (one host sync for the whole list)."""
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 def all_finite(tensors: list[torch.Tensor]) -> bool:
