@@ -32,6 +32,7 @@ from tta import scenarios as _scenarios  # noqa: F401 - registers the scenarios
 from tta.environment import describe, git_revision
 from tta.errors import UserError
 from tta import metrics as _metrics  # noqa: F401 - registers the classification metrics
+from tta import segmentation_metrics as _segmentation_metrics  # noqa: F401 - registers the segmentation metrics
 from tta.methods.base import Method
 from tta.models import create_model, load_into
 from tta.paths import data_root

@@ -1,0 +1,88 @@
+"""Semantic-segmentation metrics (task ``segmentation``), accumulated over a whole domain.
+
+* ``miou``: mean intersection over union in percent from ONE ``C x C`` confusion matrix
+  ``M[t, p]`` (pixels of true class ``t`` predicted as ``p``) summed over every labelled
+  pixel of the domain (as the Cityscapes benchmark scores, not a mean of per-image scores):
+
+      IoU_c = M[c, c] / (sum_p M[c, p] + sum_t M[t, c] - M[c, c]),   mIoU = mean over classes
+      with a non-empty union (classes absent from both labels and predictions are skipped).
+
+* ``error`` = 100 - mIoU, so "lower is better" holds for every task's leaderboard.
+* ``nll``, ``ece``: pixel-level negative log-likelihood and 15-bin calibration error over
+  the labelled pixels (the classification definitions of :mod:`tta.metrics`, per pixel).
+* ``extra``: ``miou``, per-class ``iou`` (percent; ``None`` where the union is empty) and
+  ``pixel_accuracy``; the runner stores it in the row's ``extra``.
+
+Labels are integer maps ``N x H x W`` with ``255`` = ignored. Logits ``N x C x h x w`` of
+another size are upsampled bilinearly (``align_corners=False``) to the label size first,
+one image at a time (full Cityscapes labels are 1024 x 2048).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from tta.metrics import ClassificationMetrics, Metrics
+from tta.registry import TASKS
+
+IGNORE_INDEX = 255
+
+
+def iou_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
+    """Per-class IoU (fraction, float64) from a ``C x C`` confusion matrix; NaN where the union is 0."""
+    confusion = confusion.double()
+    hits = confusion.diagonal()
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    return torch.where(union > 0, hits / union.clamp_min(1), torch.full_like(hits, math.nan))
+
+
+def mean_iou(confusion: torch.Tensor) -> float:
+    """mIoU (fraction) over the classes with a non-empty union; NaN if there is none."""
+    iou = iou_from_confusion(confusion)
+    valid = ~iou.isnan()
+    return iou[valid].mean().item() if valid.any() else math.nan
+
+
+@TASKS.register("segmentation")
+class SegmentationMetrics(Metrics):
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.n = 0
+        self.confusion: torch.Tensor | None = None
+        self._pixels = ClassificationMetrics(num_classes)
+
+    def expected_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        return (x.shape[0], self.num_classes, x.shape[2], x.shape[3])
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.no_grad():
+            if self.confusion is None:
+                self.confusion = torch.zeros(self.num_classes ** 2, dtype=torch.int64, device=logits.device)
+            for image_logits, label in zip(logits.detach().float(), labels.long()):
+                if image_logits.shape[-2:] != label.shape[-2:]:
+                    image_logits = F.interpolate(image_logits[None], size=label.shape[-2:], mode="bilinear",
+                                                 align_corners=False)[0]
+                valid = (label != IGNORE_INDEX) & (label >= 0) & (label < self.num_classes)
+                pixel_logits = image_logits.permute(1, 2, 0)[valid]  # P x C
+                truth = label[valid]
+                if truth.numel():
+                    prediction = pixel_logits.argmax(1)
+                    self.confusion += torch.bincount(truth * self.num_classes + prediction,
+                                                     minlength=self.num_classes ** 2)
+                    self._pixels.update(pixel_logits, truth)
+                self.n += 1
+
+    def compute(self) -> dict[str, float]:
+        if self.confusion is None or not self._pixels.n:
+            return {"n": self.n, "error": math.nan, "nll": math.nan, "ece": math.nan,
+                    "extra": {"miou": None, "iou": None, "pixel_accuracy": None}}
+        confusion = self.confusion.view(self.num_classes, self.num_classes).cpu()
+        miou = 100.0 * mean_iou(confusion)
+        iou = [None if math.isnan(v) else 100.0 * v for v in iou_from_confusion(confusion).tolist()]
+        pixels = self._pixels.compute()
+        accuracy = 100.0 * confusion.diagonal().sum().item() / confusion.sum().item()
+        return {"n": self.n, "error": 100.0 - miou, "nll": pixels["nll"], "ece": pixels["ece"],
+                "extra": {"miou": miou, "iou": iou, "pixel_accuracy": accuracy}}
