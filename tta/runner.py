@@ -37,8 +37,8 @@ from tta.methods.base import Method
 from tta.models import create_model, load_into
 from tta.paths import data_root
 from tta.protocols import Protocol, find_spec
-from tta.registry import METHODS, SCENARIOS, TASKS
-from tta.scenarios import Segment, StreamSettings
+from tta.registry import METHODS, TASKS
+from tta.scenarios import Segment, StreamSettings, create_scenario
 from tta.store import ResultStore
 
 
@@ -69,8 +69,8 @@ class Run:
         spec = find_spec(config.protocol)
         self.method_cls = METHODS.get(config.method)
         self.method: Method = self.method_cls(**config.hparams)
-        self.scenario_name = config.scenario or spec.scenario
-        self.scenario = SCENARIOS.get(self.scenario_name)()
+        self.scenario = create_scenario(config.scenario or spec.scenario)
+        self.scenario_name = self.scenario.label  # name plus its parameters, e.g. dirichlet:delta=0.1
         for name, value in (("batch size", config.batch_size), ("--n-examples", config.n_examples)):
             if value is not None and value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
@@ -154,6 +154,7 @@ class Run:
         grad_context = contextlib.nullcontext if self.method.needs_grad else torch.inference_mode
         started = time.perf_counter()
         stream, data_source = segment.open()
+        nonfinite_resets = 0
         for batch in stream:
             tick = time.perf_counter()
             with grad_context():
@@ -163,13 +164,19 @@ class Run:
                 torch.cuda.synchronize(self.device)
             method_s += time.perf_counter() - tick
             metrics.update(logits, batch.y)
+            if segment.observe is not None:
+                segment.observe(batch, logits)
+            if self.method.diverged():  # stability: a non-finite method restarts from its snapshot
+                self.method.reset()
+                nonfinite_resets += 1
         wall_s = time.perf_counter() - started
         result = metrics.compute()
         return {
             "domain": segment.key, "severity": segment.severity, "data_source": data_source, **result,
             "images_per_s": result["n"] / method_s if method_s > 0 else float("nan"),
             "method_s": method_s, "wall_s": wall_s, "peak_mem_mb": _peak_memory_mb(self.device),
-            "extra": {**result.get("extra", {}), **self.method.row_extra()},
+            "extra": {**result.get("extra", {}), **self.method.row_extra(), **segment.extra(),
+                      "nonfinite_resets": nonfinite_resets},
         }
 
     def _forward(self, x: torch.Tensor, extras: dict[str, torch.Tensor], domain: str,
