@@ -40,8 +40,8 @@ def download(url: str, dest: Path, sha256: str | None, what: str, timeout: float
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         partial.unlink(missing_ok=True)
         reason = getattr(exc, "reason", exc)
-        raise UserError(f"{what} is missing: not found at {dest} and the download from {url} failed ({reason}); "
-                        f"download it there by hand or point to a local copy") from None
+        raise UserError(f"{what} not found at {dest} and its download from {url} failed ({reason}); "
+                        f"place the file there by hand") from None
     if sha256 is not None and (actual := sha256_of(partial, algorithm=algorithm)) != sha256:
         partial.unlink(missing_ok=True)
         raise UserError(f"{what} downloaded from {url} has {algorithm} {actual}, expected {sha256}; not used")

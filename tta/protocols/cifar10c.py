@@ -53,22 +53,21 @@ class CorruptedStack(DatasetReader):
         directory = self.directory(root)
         needed = ["labels.npy", *(f"{d.name}.npy" for d in domains)]
         missing = [name for name in needed if not (directory / name).is_file()]
-        if missing:
-            self.fetch(root, missing)
-        missing = [name for name in needed if not (directory / name).is_file()]
-        if missing:
-            raise UserError(f"{self.folder} data missing: {directory}/{missing[0]} not found "
-                            f"({len(missing)} of {len(needed)} files missing); expected layout "
-                            f"<root>/{self.folder}/<corruption>.npy + labels.npy under data root {root} "
-                            f"(--data-root or $TTA_DATA); download {self.url} and extract it there")
+        if not missing:
+            return
+        try:
+            self.fetch(root)
+        except UserError as exc:
+            raise UserError(f"{self.folder} data missing: {directory / missing[0]} not found ({len(missing)} of "
+                            f"{len(needed)} files missing; expected <root>/{self.folder}/<corruption>.npy + labels.npy "
+                            f"with data root {root} from --data-root, $TTA_DATA or the default); automatic download "
+                            f"failed: {exc}") from None
 
-    def fetch(self, root: Path, missing: list[str]) -> None:
-        """Download and unpack the official archive (md5-checked); offline this raises the error."""
+    def fetch(self, root: Path) -> None:
+        """Download and unpack the official archive (md5-checked, progress on stderr)."""
         import tarfile
 
-        archive = download(self.url, root / Path(self.url).name, self.md5,
-                           f"{self.folder} (missing {missing[0]} under {self.directory(root)}; layout "
-                           f"<root>/{self.folder}/<corruption>.npy + labels.npy)", algorithm="md5")
+        archive = download(self.url, root / Path(self.url).name, self.md5, f"the {self.folder} archive", algorithm="md5")
         with tarfile.open(archive) as tar:
             tar.extractall(root, filter="data")
         archive.unlink()
