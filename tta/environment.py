@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -36,4 +37,8 @@ def describe(device: torch.device) -> dict[str, object]:
         "device": device.type,
         "device_name": name,
         "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.version.cuda,
+        "os": f"{platform.system()} {platform.release()}",
+        "host": platform.node(),
     }
