@@ -263,7 +263,10 @@ def test_deterministic_matches_reference(name, recipe, images, severity):
     c = parameter(name, severity, recipe)
     ours = corrupt(images, name, severity, recipe=recipe)
     ref = np.stack([DETERMINISTIC[name](img, c) for img in images])
-    _assert_close(ours, ref)
+    # zoom blur: the reference adds 6..26 zoomed float32 images one by one; the engine applies the
+    # precomposed operator in one float32 product, so sums landing within rounding of an integer
+    # truncate differently (one level, in about 1.5% of the values)
+    _assert_close(ours, ref, max_frac=0.025 if name == "zoom_blur" else 0.005)
 
 
 # ---------------------------------------------------------------- random corruptions, replayed draws

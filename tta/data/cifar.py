@@ -1,0 +1,96 @@
+"""CIFAR-10 / CIFAR-100 test sets in torchvision's on-disk layout (the "python version" pickles).
+
+    <root>/cifar-10-batches-py/test_batch      (Krizhevsky, 2009; 10,000 images, 10 classes)
+    <root>/cifar-100-python/test               (10,000 images, 100 fine classes)
+
+Missing files are downloaded from the authors' site into ``<root>`` (archive MD5 checked, as
+torchvision does); offline, the reader raises one :class:`tta.errors.UserError` line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tta.download import download
+from tta.errors import UserError
+
+
+@dataclass(frozen=True)
+class CifarSpec:
+    name: str
+    folder: str
+    test_file: str
+    label_key: str
+    archive: str
+    url: str
+    md5: str
+    corrupted_folder: str  # the official name of the -C benchmark folder
+    num_classes: int
+
+
+CIFAR: dict[str, CifarSpec] = {
+    "cifar10": CifarSpec("CIFAR-10", "cifar-10-batches-py", "test_batch", "labels", "cifar-10-python.tar.gz",
+                         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                         "c58f30108f718f92721af3b95e74349a", "CIFAR-10-C", 10),
+    "cifar100": CifarSpec("CIFAR-100", "cifar-100-python", "test", "fine_labels", "cifar-100-python.tar.gz",
+                          "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                          "eb9058c3a382ffc7106e4002c42a8d85", "CIFAR-100-C", 100),
+}
+
+
+def spec(dataset: str) -> CifarSpec:
+    if dataset not in CIFAR:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(CIFAR)}")
+    return CIFAR[dataset]
+
+
+def test_file(dataset: str, root: Path) -> Path:
+    s = spec(dataset)
+    return Path(root) / s.folder / s.test_file
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(dataset: str, root: Path) -> Path:
+    """Make sure the test file is under ``root`` (download and unpack when missing)."""
+    s, path = spec(dataset), test_file(dataset, root)
+    if path.is_file():
+        return path
+    archive = download(s.url, Path(root) / s.archive, None, f"{s.name} (python version)")
+    if _md5(archive) != s.md5:
+        archive.unlink(missing_ok=True)
+        raise UserError(f"{archive} is not the {s.name} archive (MD5 mismatch); removed, run again to re-download")
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(Path(root), filter="data")
+    if not path.is_file():
+        raise UserError(f"{archive} did not contain {s.folder}/{s.test_file}")
+    return path
+
+
+def read_test_set(dataset: str, root: Path, fetch_missing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 N x 32 x 32 x 3 RGB, labels uint8 N) of the CIFAR test set, in file order."""
+    path = fetch(dataset, root) if fetch_missing else test_file(dataset, root)
+    if not path.is_file():
+        raise UserError(f"{spec(dataset).name} test set not found at {path}")
+    try:
+        with open(path, "rb") as handle:
+            batch = pickle.load(handle, encoding="latin1")
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch[spec(dataset).label_key], dtype=np.uint8)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path} is not a CIFAR test batch ({type(exc).__name__}: {exc})") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise UserError(f"{path} holds data of shape {data.shape}, expected N x 3072")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
