@@ -99,25 +99,28 @@ def motion_blur(x: np.ndarray, radius: int, sigma: float, angles_deg: np.ndarray
     n, h, w = x.shape[:3]
     k = motion_kernel(radius, sigma)
     rad = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
-    flat = x.reshape(n * h * w, -1)
-    out = np.zeros(flat.shape, dtype=np.float64)
-    rows, cols = np.arange(h), np.arange(w)
-    base = (np.arange(n) * (h * w))[:, None, None]
+    order = np.argsort(rad, kind="stable")  # sorted by angle, equal shifts form contiguous runs
+    rad = rad[order]
+    out = np.zeros(x.shape, dtype=np.float64)
+    pad = min(len(k), max(h, w))  # shifts never exceed the kernel width (or the tap is dropped)
+    padded = np.pad(x[order], [(0, 0), (pad, pad), (pad, pad)] + [(0, 0)] * (x.ndim - 3), mode="edge")
     alive = np.ones(n, dtype=bool)
     for i, weight in enumerate(k):
         dy = -np.ceil(i * np.sin(rad) - 0.5).astype(np.int64)
         dx = -np.ceil(i * np.cos(rad) - 0.5).astype(np.int64)
         alive &= (np.abs(dy) < h) & (np.abs(dx) < w)
-        if not alive.any():
-            break
-        r = np.clip(rows[None, :] - dy[:, None], 0, h - 1)   # shifted[r] = x[r - dy]
-        c = np.clip(cols[None, :] - dx[:, None], 0, w - 1)
-        idx = base + r[:, :, None] * w + c[:, None, :]
-        tap = flat[idx.reshape(-1)]
-        if not alive.all():
-            tap = tap * np.repeat(alive, h * w)[:, None]
-        out += weight * tap
-    return out.reshape(x.shape)
+        # shifted[r, c] = x[clip(r - dy), clip(c - dx)]: a window of the edge-padded images,
+        # taken as a view for each run of images that share this tap's shift
+        keys = np.where(alive, (dy + h) * (2 * w + 1) + (dx + w), -1)
+        cuts = np.concatenate([[0], np.flatnonzero(np.diff(keys)) + 1, [n]])
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if keys[a] < 0:
+                continue
+            top, left = pad - dy[a], pad - dx[a]
+            out[a:b] += weight * padded[a:b, top:top + h, left:left + w]
+    result = np.empty_like(out)
+    result[order] = out
+    return result
 
 
 def plasma_fractal(n: int, mapsize: int, wibbledecay: float, rng: np.random.Generator) -> np.ndarray:
