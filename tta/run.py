@@ -39,6 +39,7 @@ def build_parser() -> Parser:
     p.add_argument("--json", metavar="FILE", help="also write the per-domain rows as a JSON list")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--force", action="store_true", help="recompute cells already in the store")
+    p.add_argument("--compile", action="store_true", help="torch.compile the adapted model (needs a C++ compiler on CPU)")
     p.add_argument("--list", action="store_true", help="list methods, protocols, models, scenarios")
     return p
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model, checkpoint=args.checkpoint,
         domains=[d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None,
         severity=args.severity, batch_size=args.batch_size, n_examples=args.n_examples,
-        scenario=args.scenario, data_root=args.data_root, device=args.device,
+        scenario=args.scenario, data_root=args.data_root, device=args.device, compile=args.compile,
     )
     store = None if args.no_store else ResultStore(args.store)
     run = Run(config)

@@ -59,6 +59,8 @@ class RunConfig:
     scenario: str | None = None
     data_root: str | None = None
     device: str = "cpu"
+    #: ``torch.compile`` the adapted model after ``setup`` (does not change results' identity)
+    compile: bool = False
 
 
 class Run:
@@ -125,6 +127,8 @@ class Run:
         torch.manual_seed(self.config.seed)
         self.model.to(self.device)
         self.method.setup(self.model)
+        if self.config.compile:
+            self.method.model = torch.compile(self.method.model)
         base = self.base_row()
         rows = []
         for index, segment in enumerate(segments):

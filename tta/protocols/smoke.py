@@ -27,6 +27,17 @@ def _clean_test_set():
     return generate(TEST_EXAMPLES, seed=TEST_SEED)
 
 
+@lru_cache(maxsize=16)
+def _corrupted(name: str, severity: int):
+    """One corrupted test domain, kept for the process (a sweep or a test suite reuses it)."""
+    from tta.data.corruptions import corrupt
+
+    images, labels = _clean_test_set()
+    corrupted = corrupt(images, name, severity, seed=TEST_SEED)
+    corrupted.setflags(write=False)
+    return corrupted
+
+
 @DATASETS.register("smoke")
 class Smoke(DatasetReader):
     """Procedural 10-class shapes (not CIFAR), corrupted on the fly; no files needed."""
@@ -34,8 +45,4 @@ class Smoke(DatasetReader):
     domains = tuple(name for name in BENCHMARK_CORRUPTIONS if name != "frost")
 
     def load(self, domain: Domain, root: Path) -> DomainData:
-        from tta.data.corruptions import corrupt
-
-        images, labels = _clean_test_set()
-        corrupted = corrupt(images, domain.name, domain.severity, seed=TEST_SEED)
-        return DomainData(corrupted, labels, "procedural")
+        return DomainData(_corrupted(domain.name, domain.severity), _clean_test_set()[1], "procedural")
