@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tta.data import cifar, make_c
+from tta.data import build_c, cifar, make_c
 from tta.data.corruptions import corrupt
 from tta.errors import UserError
 
@@ -29,28 +29,28 @@ def root(tmp_path):
 
 def test_official_layout_and_deterministic_rows(root, tmp_path):
     data, images, labels = root
-    out = make_c.build_cifar("cifar10", tmp_path / "out", data, ("contrast", "gaussian_noise"), seed=3, quiet=True)
+    out = build_c.build_cifar("cifar10", tmp_path / "out", data, ("contrast", "gaussian_noise"), seed=3, quiet=True)
     lab = np.load(out / "labels.npy")
     assert lab.dtype == np.uint8 and np.array_equal(lab, np.tile(labels, 5))
     arr = np.load(out / "contrast.npy", mmap_mode="r")
     assert arr.shape == (60, 32, 32, 3) and arr.dtype == np.uint8
     for s in range(1, 6):
         assert np.array_equal(arr[(s - 1) * 12:s * 12], corrupt(images, "contrast", s))
-    again = make_c.build_cifar("cifar10", tmp_path / "again", data, ("gaussian_noise",), seed=3, quiet=True)
+    again = build_c.build_cifar("cifar10", tmp_path / "again", data, ("gaussian_noise",), seed=3, quiet=True)
     assert (out / "gaussian_noise.npy").read_bytes() == (again / "gaussian_noise.npy").read_bytes()
     assert not list(out.glob(".*tmp"))
 
 
 def test_resumes_and_skips_finished(root, tmp_path):
     data, _, _ = root
-    out = make_c.build_cifar("cifar10", tmp_path / "out", data, ("brightness",), quiet=True)
+    out = build_c.build_cifar("cifar10", tmp_path / "out", data, ("brightness",), quiet=True)
     done = (out / "brightness.npy").stat().st_mtime_ns
     (out / "pixelate.npy").write_bytes(b"truncated")          # an unfinished file is rebuilt
-    make_c.build_cifar("cifar10", out, data, ("brightness", "pixelate"), quiet=True)
+    build_c.build_cifar("cifar10", out, data, ("brightness", "pixelate"), quiet=True)
     assert (out / "brightness.npy").stat().st_mtime_ns == done
     assert np.load(out / "pixelate.npy").shape == (60, 32, 32, 3)
     with pytest.raises(UserError, match="seed"):
-        make_c.build_cifar("cifar10", out, data, ("brightness",), seed=1, quiet=True)
+        build_c.build_cifar("cifar10", out, data, ("brightness",), seed=1, quiet=True)
 
 
 def test_image_folder_layout(tmp_path):
@@ -60,7 +60,7 @@ def test_image_folder_layout(tmp_path):
         (src / cls).mkdir(parents=True)
         Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(src / cls / "a.JPEG")
         Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(src / cls / "b.png")
-    out = make_c.build_image_folder(src, tmp_path / "c", ("contrast",), quiet=True)
+    out = build_c.build_image_folder(src, tmp_path / "c", ("contrast",), quiet=True)
     for s in range(1, 6):
         for cls in ("n01", "n02"):
             for name in ("a.JPEG", "b.png"):
@@ -95,6 +95,6 @@ def test_offline_missing_cifar_is_one_user_error(tmp_path, monkeypatch, capsys):
 
 def test_ensure_generated_returns_official_layout(root):
     data, _, _ = root
-    out = make_c.ensure_generated("cifar10", data, corruptions=("contrast",), jobs=1, quiet=True)
-    assert out == make_c.generated_c_dir("cifar10", data, 0)
+    out = build_c.ensure_generated("cifar10", data, corruptions=("contrast",), jobs=1, quiet=True)
+    assert out == build_c.generated_c_dir("cifar10", data, 0)
     assert (out / "contrast.npy").is_file() and (out / "labels.npy").is_file()

@@ -1,0 +1,121 @@
+"""CIFAR-10-C and CIFAR-100-C readers (Hendrycks & Dietterich, ICLR 2019), official layout.
+
+    <root>/CIFAR-10-C/<corruption>.npy   uint8 50000 x 32 x 32 x 3, severities 1..5 stacked:
+                                         severity s is rows (s-1)*10000 : s*10000
+    <root>/CIFAR-10-C/labels.npy         the 10,000 test labels, 5 times
+    (CIFAR-100-C the same under <root>/CIFAR-100-C)
+
+Files are memory-mapped and only the 10,000 rows of the requested severity are read.
+Where the official files are missing, in this order:
+
+1. the CIFAR test set is in the data root (torchvision's layout): the missing corruptions
+   are generated with tta's corruption engine into ``<root>/CIFAR-10-C-generated/seed-0``
+   (once; :func:`tta.data.build_c.ensure_generated`) and rows record ``data_source:
+   generated``;
+2. online: the official archive is downloaded from Zenodo (md5-checked) and unpacked;
+3. offline: one error line naming the root, the layout and both ways to get the data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tta.data import cifar
+from tta.data.corruption_names import ALL_CORRUPTIONS
+from tta.download import download
+from tta.errors import UserError
+from tta.protocols.base import DatasetReader, DomainData
+from tta.registry import DATASETS
+from tta.types import Domain
+
+PER_SEVERITY = 10_000
+
+
+def read_severity(path: Path, severity: int, rows: int = PER_SEVERITY) -> np.ndarray:
+    """Rows of one severity from a stacked ``.npy`` file, via a memory map (never all five)."""
+    try:
+        stacked = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{path} is truncated or not a .npy array ({exc})") from None
+    if stacked.shape[0] < 5 * rows:
+        raise UserError(f"{path} has {stacked.shape[0]} rows; expected {5 * rows} (5 severities x {rows})")
+    return np.ascontiguousarray(stacked[(severity - 1) * rows: severity * rows])
+
+
+class CorruptedStack(DatasetReader):
+    """Reader of the ``<folder>/<corruption>.npy`` + ``labels.npy`` layout."""
+
+    cifar: str = "cifar10"  # key of tta.data.cifar.CIFAR
+    url: str = ""
+    md5: str = ""
+    domains = ALL_CORRUPTIONS
+
+    def __init__(self) -> None:
+        self.located: tuple[Path, str] | None = None
+
+    @property
+    def folder(self) -> str:
+        return cifar.spec(self.cifar).corrupted_folder
+
+    def check(self, domains: list[Domain], root: Path) -> None:
+        self.located = self.locate(domains, root)
+
+    def locate(self, domains: list[Domain], root: Path) -> tuple[Path, str]:
+        """(folder, data_source) holding every needed file, generating or downloading if needed."""
+        official = root / self.folder
+        needed = ["labels.npy", *(f"{d.name}.npy" for d in domains)]
+        missing = [name for name in needed if not (official / name).is_file()]
+        if not missing:
+            return official, "official"
+        if cifar.test_file(self.cifar, root).is_file():
+            from tta.data.build_c import ensure_generated
+
+            names = tuple(dict.fromkeys(d.name for d in domains))
+            return ensure_generated(self.cifar, root, corruptions=names), "generated"
+        try:
+            self.fetch(root)
+        except UserError as exc:
+            raise UserError(f"{self.folder} data missing: {official / missing[0]} not found ({len(missing)} of "
+                            f"{len(needed)} files missing; expected <root>/{self.folder}/<corruption>.npy + "
+                            f"labels.npy with data root {root} from --data-root, $TTA_DATA or the default); "
+                            f"put the official files there, or the {cifar.spec(self.cifar).name} test set "
+                            f"({cifar.spec(self.cifar).folder}/) to generate them; automatic download failed: {exc}"
+                            ) from None
+        return official, "official"
+
+    def fetch(self, root: Path) -> None:
+        """Download and unpack the official archive (md5-checked, progress on stderr)."""
+        import tarfile
+
+        archive = download(self.url, root / Path(self.url).name, self.md5, f"the {self.folder} archive", algorithm="md5")
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+        archive.unlink()
+
+    def load(self, domain: Domain, root: Path) -> DomainData:
+        directory, source = self.located or self.locate([domain], root)
+        images = read_severity(directory / f"{domain.name}.npy", domain.severity)
+        labels = read_severity(directory / "labels.npy", domain.severity).astype(np.int64)
+        if images.ndim != 4 or images.dtype != np.uint8 or len(labels) != len(images):
+            raise UserError(f"{directory / (domain.name + '.npy')} is not uint8 N x H x W x C with matching labels")
+        return DomainData(images, labels, source)
+
+
+@DATASETS.register("cifar10c")
+class Cifar10C(CorruptedStack):
+    """CIFAR-10-C, official layout <root>/CIFAR-10-C/<corruption>.npy + labels.npy (or generated)."""
+
+    cifar = "cifar10"
+    url = "https://zenodo.org/record/2535967/files/CIFAR-10-C.tar"
+    md5 = "56bf5dcef84df0e2308c6dcbcbbd8499"
+
+
+@DATASETS.register("cifar100c")
+class Cifar100C(CorruptedStack):
+    """CIFAR-100-C, official layout <root>/CIFAR-100-C/<corruption>.npy + labels.npy (or generated)."""
+
+    cifar = "cifar100"
+    url = "https://zenodo.org/record/3555552/files/CIFAR-100-C.tar"
+    md5 = "11f0ed0f1191edbf9fa23466ae6021d3"
