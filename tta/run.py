@@ -27,6 +27,7 @@ def build_parser() -> Parser:
     p.add_argument("--model", help="model name: registered, or any timm model (needs --checkpoint)")
     p.add_argument("--checkpoint", help="checkpoint path or URL (weights-only loading)")
     p.add_argument("--domains", help="comma-separated domains (default: all, canonical order)")
+    p.add_argument("--target", dest="domains", help="alias of --domains (DG protocols: the held-out domain)")
     p.add_argument("--severity", type=int, help="corruption severity 1..5")
     p.add_argument("--batch-size", type=int, help="test batch size")
     p.add_argument("--n-examples", type=int, help="examples per domain (default: all)")
