@@ -24,12 +24,15 @@ def download(url: str, dest: Path, sha256: str | None, what: str, timeout: float
              algorithm: str = "sha256") -> Path:
     """Fetch ``url`` to ``dest`` (atomically, with a progress line on stderr) unless it is there.
 
-    ``sha256`` is the expected hex digest (of ``algorithm``, sha256 unless told otherwise).
+    ``sha256`` is the expected hex digest (of ``algorithm``, sha256 unless told otherwise), or
+    a prefix of it of at least 8 digits (torchvision names its weights with one).
 
     A present file with the wrong checksum is downloaded again; a failed download raises a
     :class:`UserError` naming what is missing, where it was looked for and where to get it.
     """
-    if dest.is_file() and (sha256 is None or sha256_of(dest, algorithm=algorithm) == sha256):
+    if sha256 is not None and len(sha256) < 8:
+        raise UserError(f"checksum of {what} must have at least 8 hex digits, got {sha256!r}")
+    if dest.is_file() and (sha256 is None or sha256_of(dest, algorithm=algorithm).startswith(sha256)):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
@@ -42,7 +45,7 @@ def download(url: str, dest: Path, sha256: str | None, what: str, timeout: float
         reason = getattr(exc, "reason", exc)
         raise UserError(f"{what} not found at {dest} and its download from {url} failed ({reason}); "
                         f"place the file there by hand") from None
-    if sha256 is not None and (actual := sha256_of(partial, algorithm=algorithm)) != sha256:
+    if sha256 is not None and not (actual := sha256_of(partial, algorithm=algorithm)).startswith(sha256):
         partial.unlink(missing_ok=True)
         raise UserError(f"{what} downloaded from {url} has {algorithm} {actual}, expected {sha256}; not used")
     os.replace(partial, dest)

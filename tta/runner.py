@@ -88,7 +88,9 @@ class Run:
         self.model_name = config.model or spec.model
         self.checkpoint = config.checkpoint or (spec.checkpoint if self.model_name == spec.model else None)
         if self.checkpoint is None:
-            raise UserError(f"model {self.model_name!r} is not the protocol's model ({spec.model}); give --checkpoint")
+            why = (f"protocol {spec.name!r} names no checkpoint" if self.model_name == spec.model
+                   else f"model {self.model_name!r} is not the protocol's model ({spec.model})")
+            raise UserError(f"{why}; give --checkpoint PATH or URL")
         self.model = create_model(self.model_name, spec.num_classes)
         loaded = load_into(self.model.net, self.checkpoint, spec.checkpoint_sha256 if not config.checkpoint else None)
         self.checkpoint_sha256 = loaded.sha256

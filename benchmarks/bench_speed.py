@@ -1,0 +1,225 @@
+"""What the harness costs: each method's images/s next to a bare ``model(x)`` loop.
+
+    python benchmarks/bench_speed.py                      # ResNet-20, CPU, batch 200 and 16
+    python benchmarks/bench_speed.py --model wrn28_10 --device cuda
+    python benchmarks/bench_speed.py --stream-all         # + wall time of all 15 CIFAR-10-C corruptions
+
+Protocol of measurement: the same in-memory float batches for every loop; for each
+repetition the bare loop and the method loop run back to back, and the ratio of that
+repetition is method images/s / bare images/s; the table gives medians over repetitions
+(the machine is noisy, ratios within one repetition are not). Forward-only methods are
+compared with ``model(x)`` under ``torch.inference_mode``; ``tent`` and ``core`` also with a
+minimal hand-written Tent loop (train-mode BN, entropy, backward, Adam step on the BN
+affine parameters). Peak memory: CUDA ``max_memory_allocated`` on GPU; on CPU the growth of
+the process's peak resident set while the method runs (``ru_maxrss``), measured in a
+fresh subprocess per method so methods do not hide each other's peaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tta.models import create_model, load_into
+from tta.registry import METHODS
+
+import tta.methods  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+FORWARD_ONLY = ("source", "bn_adapt", "adabn", "alpha_bn")
+GRADIENT = ("tent", "core")
+
+
+def load_batches(batch_size: int, n_images: int, device: str) -> list[torch.Tensor]:
+    npz = SHARED / "cifar10_test_jpeg.npz"
+    if npz.is_file():
+        images = np.load(npz)["images"]
+    else:
+        from tta.data.synthetic import generate
+
+        images = generate(n_images, seed=1)[0]
+    images = images[np.random.default_rng(0).permutation(len(images))[:n_images]]
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous().to(device)
+    return list(x.split(batch_size))
+
+
+def build_model(name: str, device: str):
+    model = create_model(name, 10)
+    checkpoint = SHARED / "cifar10_resnet20_akamaster.th"
+    if name == "resnet20" and checkpoint.is_file():
+        load_into(model.net, str(checkpoint))
+    return model.to(device).eval()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(loop, batches, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    loop(batches)
+    sync(device)
+    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+
+def bare_loop(model):
+    def loop(batches):
+        with torch.inference_mode():
+            for x in batches:
+                model(x)
+    return loop
+
+
+def method_loop(method):
+    def loop(batches):
+        context = torch.enable_grad if method.needs_grad else torch.inference_mode
+        for x in batches:
+            with context():
+                method(x)
+    return loop
+
+
+def hand_tent_loop(model, lr: float = 1e-3):
+    """The minimal Tent: train-mode BN without running stats, entropy, backward, Adam on BN affine."""
+    model.requires_grad_(False)
+    params = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.train()
+            module.track_running_stats = False
+            module.running_mean = module.running_var = None
+            module.weight.requires_grad_(True)
+            module.bias.requires_grad_(True)
+            params += [module.weight, module.bias]
+    optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+
+    def loop(batches):
+        for x in batches:
+            logits = model(x)
+            loss = -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return loop
+
+
+def throughput_table(args) -> list[dict]:
+    rows = []
+    methods = [m for m in (*FORWARD_ONLY, *GRADIENT) if m in METHODS]
+    for batch_size in args.batch_sizes:
+        batches = load_batches(batch_size, args.n_images, args.device)
+        for name in methods:
+            bare_model = build_model(args.model, args.device)
+            adapted = build_model(args.model, args.device)
+            method = METHODS.get(name)()
+            method.setup(adapted)
+            loops = {"bare": bare_loop(bare_model), "method": method_loop(method)}
+            if name in GRADIENT:
+                loops["hand_tent"] = hand_tent_loop(build_model(args.model, args.device))
+            for loop in loops.values():  # warm-up
+                loop(batches[:2])
+            speeds = {k: [] for k in loops}
+            for _ in range(args.repeats):
+                for key, loop in loops.items():
+                    speeds[key].append(timed(loop, batches, args.device))
+                method.reset()
+            row = {"model": args.model, "device": args.device, "batch": batch_size, "method": name,
+                   "images_per_s": statistics.median(speeds["method"]),
+                   "bare_images_per_s": statistics.median(speeds["bare"]),
+                   "ratio_vs_bare": statistics.median(m / b for m, b in zip(speeds["method"], speeds["bare"]))}
+            if "hand_tent" in speeds:
+                row["hand_tent_images_per_s"] = statistics.median(speeds["hand_tent"])
+                row["ratio_vs_hand_tent"] = statistics.median(
+                    m / h for m, h in zip(speeds["method"], speeds["hand_tent"]))
+            row["peak_mem_mb"] = peak_memory(args, name, batch_size)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def peak_memory(args, method: str, batch_size: int) -> float:
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        model = build_model(args.model, args.device)
+        m = METHODS.get(method)()
+        m.setup(model)
+        method_loop(m)(load_batches(batch_size, 4 * batch_size, args.device))
+        return torch.cuda.max_memory_allocated() / 2**20
+    out = subprocess.run([sys.executable, __file__, "--child-memory", method, "--model", args.model,
+                          "--batch-sizes", str(batch_size)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def child_memory(args) -> None:
+    """In a fresh process: peak-RSS growth (MiB) while the method runs 4 batches."""
+    model = build_model(args.model, "cpu")
+    batches = load_batches(args.batch_sizes[0], 4 * args.batch_sizes[0], "cpu")
+    method = METHODS.get(args.child_memory)()
+    method.setup(model)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    method_loop(method)(batches)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+
+
+def stream_all(args) -> dict:
+    """Wall time of bn_adapt through all 15 corruptions at severity 5, data loading included."""
+    from tta.runner import Run, RunConfig
+
+    if not args.data_root:
+        raise SystemExit("--stream-all needs --data-root with a CIFAR-10-C layout (see benchmarks/README.md)")
+    start = time.perf_counter()
+    run = Run(RunConfig(protocol="cifar10c", method="bn_adapt", data_root=args.data_root, severity=5,
+                        checkpoint=str(SHARED / "cifar10_resnet20_akamaster.th"),
+                        domains=None if not args.domains else args.domains.split(",")))
+    rows = run.execute(store=None)
+    wall = time.perf_counter() - start
+    return {"domains": len(rows), "images": sum(r["n"] for r in rows), "wall_s": wall,
+            "mean_error": statistics.mean(r["error"] for r in rows),
+            "method_s": sum(r["method_s"] for r in rows)}
+
+
+def markdown(rows: list[dict]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-sizes", type=lambda s: [int(v) for v in s.split(",")], default=[200, 16])
+    p.add_argument("--n-images", type=int, default=2000)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--stream-all", action="store_true")
+    p.add_argument("--data-root")
+    p.add_argument("--domains")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--child-memory", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child_memory:
+        child_memory(args)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}", flush=True)
+    if args.stream_all:
+        print(json.dumps(stream_all(args)), flush=True)
+        return
+    print(markdown(throughput_table(args)))
+
+
+if __name__ == "__main__":
+    main()

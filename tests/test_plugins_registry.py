@@ -1,0 +1,80 @@
+"""Registry lookups, the three plugin routes, and --list."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_cli
+
+from tta import plugins
+from tta.errors import UserError
+from tta.registry import METHODS
+from tta.runner import Run, RunConfig
+
+EXAMPLE_PLUGIN = Path(__file__).resolve().parents[1] / "methods" / "example_plugin"
+
+
+def test_unknown_names_suggest_the_closest():
+    with pytest.raises(UserError, match=r"unknown method 'bnadapt'; did you mean bn_adapt"):
+        METHODS.get("bnadapt")
+
+
+def test_entry_point_plugin_is_found_and_runs(tmp_path, monkeypatch):
+    """A distribution on sys.path that declares a ``tta.methods`` entry point (the example plugin)."""
+    dist = tmp_path / "tta_example_plugin-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tta-example-plugin\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[tta.methods]\nema_bn = tta_example_plugin.ema_bn:EMABatchNormMethod\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
+    assert "ema_bn" in plugins.load_entry_points()
+    rows = {}
+    for momentum in ("0.0", "1.0", "0.1"):
+        (row,) = Run(RunConfig(protocol="smoke", method="ema_bn", hparams={"momentum": momentum}, domains=["contrast"],
+                               n_examples=400, batch_size=100)).execute()
+        rows[momentum] = row["error"]
+    (source,) = Run(RunConfig(protocol="smoke", method="source", domains=["contrast"], n_examples=400)).execute()
+    (bn_adapt,) = Run(RunConfig(protocol="smoke", method="bn_adapt", domains=["contrast"], n_examples=400,
+                                batch_size=100)).execute()
+    assert rows["0.0"] == source["error"]
+    assert rows["1.0"] == pytest.approx(bn_adapt["error"], abs=0.25)
+    assert rows["0.1"] < source["error"]
+
+
+def test_drop_in_directory_and_plugin_flag(tmp_path, monkeypatch):
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    (folder / "scaled.py").write_text(textwrap.dedent('''
+        from tta.methods.base import Method
+        from tta.registry import register_method
+
+        @register_method("halved_logits_test")
+        class Halved(Method):
+            """Source logits divided by two (same predictions)."""
+            def forward(self, x):
+                return self.model(x) / 2
+    '''))
+    monkeypatch.setenv("TTA_PLUGIN_PATH", str(folder))
+    plugins.load_drop_ins()
+    (half,) = Run(RunConfig(protocol="smoke", method="halved_logits_test", domains=["fog"], n_examples=200)).execute()
+    (full,) = Run(RunConfig(protocol="smoke", method="source", domains=["fog"], n_examples=200)).execute()
+    assert half["error"] == full["error"] and half["nll"] != full["nll"]
+    listing = run_cli("tta.run", "--list", "--plugin", str(folder / "scaled.py"))
+    assert listing.returncode == 0 and "halved_logits_test" in listing.stdout
+
+
+def test_list_shows_methods_protocols_models_scenarios():
+    out = run_cli("tta.run", "--list").stdout
+    for name in ("source", "bn_adapt", "adabn", "alpha_bn", "cifar10c", "smoke", "resnet20", "wrn28_10", "episodic",
+                 "continual"):
+        assert name in out, name
+
+
+def test_plugin_classes_never_leak_between_registries():
+    assert all(isinstance(cls, type) for _, cls in METHODS.items())
+    assert "torch" in sys.modules and torch.__version__
