@@ -5,7 +5,7 @@ Names that are not registered here are looked up in timm (``pretrained=False``; 
 weights with ``--checkpoint``).
 """
 
-from tta.models import cifar_resnet, smoke_cnn, wide_resnet  # noqa: F401
+from tta.models import cifar_resnet, deeplab, smoke_cnn, street_seg, wide_resnet  # noqa: F401
 from tta.models.checkpoint import load_into
 from tta.models.registry import Normalized, create_model, register_model
 

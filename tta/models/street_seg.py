@@ -1,0 +1,100 @@
+"""The offline segmentation benchmark's source model: a small BatchNorm encoder-decoder.
+
+``street_seg`` maps 64 x 128 street scenes (:mod:`tta.data.street_scenes`) to per-pixel
+logits at input size. ``encoder``: four conv-BN-ReLU layers (stride 4 overall, the last
+dilated); ``decoder``: conv-BN-ReLU + 1x1 classifier; logits are upsampled bilinearly
+to the input size. As every segmenter in tta, ``net.encoder`` is the feature extractor
+(its output is what encoder-adapting methods such as CMA align) and ``net.decoder`` the head.
+
+``builtin:street_seg`` trains it once on 2,000 ``synthetic``-style scenes (seed 0;
+AdamW, one-cycle learning rate, 6 epochs, batch 32, horizontal flips) and caches the
+weights under ``<cache>/weights/``; training is seeded, so every machine builds the same task.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tta.models.registry import IDENTITY_MEAN, register_model
+from tta.paths import cache_dir
+from tta.registry import WEIGHTS
+
+WEIGHTS_VERSION = 1
+TRAIN_EXAMPLES = 2_000
+EPOCHS = 6
+BATCH = 32
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, dilation, dilation, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class StreetSeg(nn.Module):
+    def __init__(self, num_classes: int = 7) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(_conv_bn(3, 16, 2), _conv_bn(16, 32, 2), _conv_bn(32, 48), _conv_bn(48, 48, dilation=2))
+        self.decoder = nn.Sequential(_conv_bn(48, 32), nn.Conv2d(32, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.decoder(self.encoder(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@register_model("street_seg", mean=IDENTITY_MEAN, std=(0.25, 0.25, 0.25))
+def street_seg(num_classes: int = 7) -> StreetSeg:
+    """Small BatchNorm encoder-decoder segmenter (0.06M params) for the offline street scenes."""
+    return StreetSeg(num_classes)
+
+
+@WEIGHTS.register("street_seg")
+def street_seg_weights() -> "os.PathLike":
+    """Path of the trained street-scene segmenter, training and caching it on first use."""
+    path = cache_dir() / "weights" / f"street_seg-v{WEIGHTS_VERSION}.pt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = train_street_seg()
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as handle:
+            torch.save(state, handle)
+        os.replace(handle.name, path)
+    return path
+
+
+def train_street_seg(seed: int = 0) -> dict[str, torch.Tensor]:
+    from tta.data.street_scenes import CLASSES, generate
+    from tta.models.registry import create_model
+
+    started = time.perf_counter()
+    print("training the street-scene segmenter once (about a minute; cached afterwards)", file=sys.stderr)
+    torch.manual_seed(seed)
+    images, labels, _ = generate(TRAIN_EXAMPLES, seed=seed, style="synthetic")
+    x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+    y_all = torch.from_numpy(labels).long()
+    model = create_model("street_seg", num_classes=len(CLASSES))
+    steps = EPOCHS * (len(x_all) // BATCH)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=5e-3, total_steps=steps)
+    rng = np.random.default_rng(seed)
+    model.train()
+    for _ in range(EPOCHS):
+        order = torch.from_numpy(rng.permutation(len(x_all)))
+        for start in range(0, len(order) - BATCH + 1, BATCH):
+            idx = order[start:start + BATCH]
+            x, y = x_all[idx], y_all[idx]
+            if rng.random() < 0.5:
+                x, y = x.flip(-1), y.flip(-1)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    print(f"street-scene segmenter trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return model.net.state_dict()
