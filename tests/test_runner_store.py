@@ -129,3 +129,29 @@ def test_json_output_and_leaderboard(tmp_path, store_path):
     text = (tmp_path / "lb" / "smoke.md").read_text()
     assert "| fog-5" in text.replace("|   ", "| ") or "fog-5" in text
     assert text.count("**") >= 2 and "bn_adapt" in text and "source" in text
+
+
+def test_cifar10c_is_generated_when_only_cifar10_is_present(tmp_path):
+    """No CIFAR-10-C folder, but CIFAR-10 in torchvision's layout: the reader builds and records it."""
+    import pickle
+
+    from tta.data.synthetic import generate
+
+    images, labels = generate(300, seed=5)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    with open(folder / "test_batch", "wb") as handle:
+        pickle.dump({"data": images.transpose(0, 3, 1, 2).reshape(300, -1), "labels": labels.tolist()}, handle)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "random.pt"
+    from tta.models import create_model
+
+    torch.save(create_model("resnet20", 10).net.state_dict(), checkpoint)
+    config = RunConfig(protocol="cifar10c", method="source", data_root=str(tmp_path), checkpoint=str(checkpoint),
+                       domains=["brightness", "contrast"], severity=2)
+    rows = Run(config).execute()
+    assert [(r["domain"], r["n"], r["data_source"]) for r in rows] == [("brightness-2", 300, "generated"),
+                                                                       ("contrast-2", 300, "generated")]
+    generated = tmp_path / "CIFAR-10-C-generated" / "seed-0"
+    assert sorted(p.name for p in generated.glob("*.npy")) == ["brightness.npy", "contrast.npy", "labels.npy"]
+    assert not (tmp_path / "CIFAR-10-C").exists()

@@ -30,17 +30,19 @@ from tta.protocols.base import DatasetReader, DomainData
 from tta.registry import DATASETS
 from tta.types import Domain
 
-PER_SEVERITY = 10_000
+def read_severity(path: Path, severity: int) -> np.ndarray:
+    """Rows of one severity from a stacked ``.npy`` file, via a memory map (never all five).
 
-
-def read_severity(path: Path, severity: int, rows: int = PER_SEVERITY) -> np.ndarray:
-    """Rows of one severity from a stacked ``.npy`` file, via a memory map (never all five)."""
+    The file holds five equal blocks of rows, severity ``s`` being block ``s - 1``
+    (10,000 rows each in the official files).
+    """
     try:
         stacked = np.load(path, mmap_mode="r")
     except (ValueError, OSError, EOFError) as exc:
         raise UserError(f"{path} is truncated or not a .npy array ({exc})") from None
-    if stacked.shape[0] < 5 * rows:
-        raise UserError(f"{path} has {stacked.shape[0]} rows; expected {5 * rows} (5 severities x {rows})")
+    if stacked.shape[0] == 0 or stacked.shape[0] % 5:
+        raise UserError(f"{path} has {stacked.shape[0]} rows; expected 5 equal severity blocks")
+    rows = stacked.shape[0] // 5
     return np.ascontiguousarray(stacked[(severity - 1) * rows: severity * rows])
 
 
@@ -99,7 +101,9 @@ class CorruptedStack(DatasetReader):
         images = read_severity(directory / f"{domain.name}.npy", domain.severity)
         labels = read_severity(directory / "labels.npy", domain.severity).astype(np.int64)
         if images.ndim != 4 or images.dtype != np.uint8 or len(labels) != len(images):
-            raise UserError(f"{directory / (domain.name + '.npy')} is not uint8 N x H x W x C with matching labels")
+            raise UserError(f"{directory / (domain.name + '.npy')} holds {images.dtype} {images.shape[1:]} x "
+                            f"{len(images)} rows per severity; expected uint8 N x H x W x C with {len(labels)} rows "
+                            f"(as labels.npy)")
         return DomainData(images, labels, source)
 
 
