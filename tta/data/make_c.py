@@ -1,21 +1,10 @@
-"""Build CIFAR-10-C / CIFAR-100-C / ImageNet-C style benchmarks locally.
+"""``python -m tta.data.make_c``: build CIFAR-10-C / CIFAR-100-C / ImageNet-C style benchmarks locally.
 
     python -m tta.data.make_c --dataset cifar10 [--out DIR] [--data-root DIR] [--corruptions a,b] [--seed K]
     python -m tta.data.make_c --dataset cifar100 ...
     python -m tta.data.make_c --images FOLDER --out DIR [--corruptions a,b] [--seed K]
 
-CIFAR output is the official layout (Hendrycks & Dietterich, ICLR 2019): ``<out>/<corruption>.npy``
-(uint8 50000 x 32 x 32 x 3, severity s in rows ``(s-1)*10000 : s*10000``) and ``labels.npy``
-(uint8, the test labels five times). ``--images`` reads ImageNet-style class folders
-(``FOLDER/<class>/<image>``), resizes to 256 and centre-crops 224 as ImageNet-C did, and writes
-``<out>/<corruption>/<severity>/<class>/<image>`` (JPEG quality 85 for .jpg/.jpeg names, as
-ImageNet-C; other suffixes keep their format).
-
-Every corruption is written to a temporary name and renamed when complete, so an interrupted run
-resumes where it stopped; finished corruptions are skipped. ``manifest.json`` records the seed
-and refuses to mix seeds in one folder. Image ``i`` of chunk ``k`` at severity ``s`` is corrupted
-with ``numpy.random.default_rng([seed, corruption index, s, k])``: the same seed gives the same
-bytes.
+Layouts, resumability and seeding: see :mod:`tta.data.build_c`.
 """
 
 from __future__ import annotations
