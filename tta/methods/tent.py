@@ -2,9 +2,10 @@
 
 Wang, Shelhamer, Liu, Olshausen & Darrell, "Tent: Fully Test-Time Adaptation by Entropy
 Minimization" (ICLR 2021). Every BatchNorm layer normalizes with the statistics of the
-current test batch (train-mode BN; here a :class:`~tta.methods.norm_layers.TestBatchNorm` that
-back-propagates through the batch statistics, source statistics unused) and only its affine ``gamma, beta`` are trained, one step per
-batch, on the mean Shannon entropy of the predictions
+current test batch (train-mode BN; here :class:`~tta.methods.affine_adapt.GradTestBatchNorm`,
+a ``TestBatchNorm`` that back-propagates through the batch statistics; source statistics
+unused) and only its affine ``gamma, beta`` are trained, one step per batch, on the mean
+Shannon entropy of the predictions
 
     L(x) = 1/B sum_i H(p_i),   H(p) = -sum_c p_c log p_c,   p_i = softmax(f(x_i))
 
