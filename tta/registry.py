@@ -37,6 +37,16 @@ class Registry(Generic[T]):
             raise UserError(f"{self.kind} {name!r} is registered twice ({_where(existing)} and {_where(obj)})")
         self._items[name] = obj
 
+    def register_class(self, name: str) -> Callable[[type], type]:
+        """Decorator for classes that know their own name: registers ``cls`` and sets ``cls.name``."""
+
+        def decorate(cls: type) -> type:
+            cls.name = name
+            self.add(name, cls)
+            return cls
+
+        return decorate
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]
@@ -73,21 +83,9 @@ TRAINING_METHODS: Registry = Registry("training method")  # DG training methods 
 
 def register_method(name: str):
     """Register a :class:`tta.methods.base.Method` subclass under ``name`` (sets ``cls.name``)."""
-
-    def decorate(cls):
-        cls.name = name
-        METHODS.add(name, cls)
-        return cls
-
-    return decorate
+    return METHODS.register_class(name)
 
 
 def register_training_method(name: str):
     """Register a :class:`tta.training.base.TrainingMethod` subclass under ``name`` (sets ``cls.name``)."""
-
-    def decorate(cls):
-        cls.name = name
-        TRAINING_METHODS.add(name, cls)
-        return cls
-
-    return decorate
+    return TRAINING_METHODS.register_class(name)

@@ -89,12 +89,8 @@ class Scenario:
 
 
 def register_scenario(name: str):
-    def decorate(cls):
-        cls.name = name
-        SCENARIOS.add(name, cls)
-        return cls
-
-    return decorate
+    """Register a :class:`Scenario` subclass under ``name`` (sets ``cls.name``)."""
+    return SCENARIOS.register_class(name)
 
 
 def create_scenario(text: str) -> Scenario:
