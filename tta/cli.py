@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, NoReturn
 
@@ -28,6 +29,9 @@ def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
+            sys.stdout = open(os.devnull, "w")
+            return 0
         except KeyboardInterrupt:
             print("interrupted: finished domains are in the store", file=sys.stderr)
             return 130
