@@ -123,15 +123,16 @@ class CMA(Method):
         self.params = [p for p in self.encoder.parameters()]
         for p in self.params:
             p.requires_grad_(True)
-        self._features: torch.Tensor | None = None
-        self.encoder.register_forward_hook(self._capture)
+        captured = self._captured = {}
+
+        def capture(module, inputs, output):  # a plain closure: deep copies of the encoder share no method state
+            captured["features"] = deepest(output)
+
+        self.encoder.register_forward_hook(capture)
         self.head: ProjectionHead | None = None
         self._head_init: dict[str, torch.Tensor] = {}
         dim, length = self.hp["feat_dim"], self.hp["queue_len"]
         self._queue_init = F.normalize(torch.randn(dim, length), dim=0)
-
-    def _capture(self, module, inputs, output) -> None:
-        self._features = deepest(output)
 
     def touched_tensors(self):
         return self.params
@@ -182,7 +183,7 @@ class CMA(Method):
 
     def forward(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
-        features = self._features
+        features = self._captured.pop("features")
         if self.head is None:
             self._build_head(features.shape[1], features.device)
         if self.step < self.hp["warmup_steps"]:
@@ -203,7 +204,6 @@ class CMA(Method):
         self._enqueue(negative)
         self.step += 1
         self.last_loss = loss.item()
-        self._features = None
         return logits.detach()
 
     def row_extra(self):
