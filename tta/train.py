@@ -39,6 +39,7 @@ def build_parser() -> Parser:
     p.add_argument("--steps", type=int, help="training steps (default: the protocol's recipe)")
     p.add_argument("--checkpoint-every", type=int, help="steps between validation/checkpoints")
     p.add_argument("--batch-size", type=int, help="examples per source domain per step")
+    p.add_argument("--model", help="network (registered or timm name, e.g. resnet18); default: the recipe's")
     p.add_argument("--pretrained", help="ImageNet weights file for the backbone (offline); default: the recipe's")
     p.add_argument("--out", help="output folder of one training run")
     p.add_argument("--data-root", help="data root (default: $TTA_DATA, else the checkout's datasets/)")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     training = Training(TrainConfig(
         protocol=args.protocol, method=args.method, target=args.target, seed=args.seed,
         hparams=parse_assignments(args.hp), steps=args.steps, checkpoint_every=args.checkpoint_every,
-        batch_size=args.batch_size, pretrained=args.pretrained, out=args.out, data_root=args.data_root,
+        batch_size=args.batch_size, pretrained=args.pretrained, model=args.model, out=args.out, data_root=args.data_root,
         device=args.device))
     print(f"{training.protocol.name}: {args.method} {training.hp} sources {[d.name for d in training.sources]} "
           f"-> target {training.target.name}, seed {args.seed}, {training.steps} steps -> {training.out}", file=sys.stderr)

@@ -66,6 +66,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     batch_size: int | None = None
     pretrained: str | None = None
+    model: str | None = None
     out: str | None = None
     data_root: str | None = None
     device: str = "cpu"
@@ -107,7 +108,7 @@ class Training:
         for name, value in (("--steps", self.steps), ("checkpoint_every", self.every), ("batch size", self.batch_size)):
             if value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
-        self.model_name = self.recipe.model or self.spec.model
+        self.model_name = config.model or self.recipe.model or self.spec.model
         self.pretrained = config.pretrained or self.recipe.pretrained
         self.device = _device(config.device)
         self.protocol.reader.check(domains, self.protocol.root)
