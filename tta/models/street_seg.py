@@ -51,7 +51,7 @@ class StreetSeg(nn.Module):
 
 @register_model("street_seg", mean=IDENTITY_MEAN, std=(0.25, 0.25, 0.25))
 def street_seg(num_classes: int = 7) -> StreetSeg:
-    """Small BatchNorm encoder-decoder segmenter (0.06M params) for the offline street scenes."""
+    """Small BatchNorm encoder-decoder segmenter (0.05M params) for the offline street scenes."""
     return StreetSeg(num_classes)
 
 
