@@ -12,8 +12,8 @@ A method wraps a source model for one run. The runner calls
 * ``reset()`` whenever the scenario says so (episodic: before every domain): the model
   and all method state return to the snapshot bit for bit.
 
-Training-time (domain generalization) methods subclass :class:`TrainingMethod` in
-``tta.methods.training`` and reuse the same registry and hyperparameter machinery.
+Training-time (domain generalization) methods subclass
+:class:`tta.training.base.TrainingMethod` and reuse the same hyperparameter machinery.
 """
 
 from __future__ import annotations
