@@ -7,9 +7,9 @@ Layout (as DomainBed's download script leaves it)::
 with the 7 classes dog, elephant, giraffe, guitar, horse, house, person (label = index in
 that sorted order). Files are listed in sorted order, so indices are stable.
 
-Images are decoded lazily: :class:`LazyImages` behaves like a uint8 N x H x W x 3 array
-for ``len()`` and fancy indexing (``images[idx_array]``), decoding and resizing only the
-rows asked for (DomainBed's test transform: ``Resize((224, 224))``, bilinear).
+Images are decoded lazily (:class:`tta.data.image_files.ImageFiles`): a uint8 N x H x W x 3
+"array" for ``len()`` and fancy indexing, decoding and resizing only the rows asked for
+(DomainBed's test transform: ``Resize((224, 224))``, bilinear).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tta.data.image_files import ImageFiles
 from tta.errors import UserError
 
 DOMAINS: tuple[str, ...] = ("art_painting", "cartoon", "photo", "sketch")
@@ -49,38 +50,6 @@ def check_layout(root: Path, domains: list[str]) -> None:
                                 "see datasets/README.md for the download")
 
 
-def decode(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
-    """One image as uint8 size x size x 3 RGB (bilinear resize)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
-    except OSError as exc:
-        raise UserError(f"cannot decode image {path}: {exc}") from None
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-class LazyImages:
-    """A read-only uint8 N x size x size x 3 "array" decoded on indexing."""
-
-    def __init__(self, paths: list[Path], size: int = IMAGE_SIZE) -> None:
-        self.paths = list(paths)
-        self.size = size
-        self.dtype = np.dtype(np.uint8)
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.paths), self.size, self.size, 3)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index) -> np.ndarray:
-        if isinstance(index, (int, np.integer)):
-            return decode(self.paths[int(index)], self.size)
-        rows = np.arange(len(self.paths))[index]
-        out = np.empty((len(rows), self.size, self.size, 3), dtype=np.uint8)
-        for i, row in enumerate(rows):
-            out[i] = decode(self.paths[int(row)], self.size)
-        return out
+def LazyImages(paths: list[Path], size: int = IMAGE_SIZE) -> ImageFiles:  # noqa: N802 - reads as a type
+    """PACS images as a lazily decoded uint8 array, stretched to ``size x size`` as DomainBed."""
+    return ImageFiles(paths, size, crop=False)
