@@ -72,8 +72,10 @@ def list_everything() -> str:
 
 
 def format_row(row: dict) -> str:
-    return (f"{row['domain']:<22} error {row['error']:6.2f}%  nll {row['nll']:.3f}  ece {row['ece']:5.2f}%  "
-            f"n {row['n']:>6}  {row['images_per_s']:8.0f} img/s")
+    miou = (row.get("extra") or {}).get("miou")
+    score = f"mIoU {miou:6.2f}%" if miou is not None else f"error {row['error']:6.2f}%"
+    return (f"{row['domain']:<22} {score}  nll {row['nll']:.3f}  ece {row['ece']:5.2f}%  "
+            f"n {row['n']:>6}  {row['images_per_s']:8.1f} img/s")
 
 
 @guarded
