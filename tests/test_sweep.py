@@ -21,7 +21,8 @@ FAST = ["--n-examples", "64", "--batch-size", "32", "--domains", DOMAINS]
 
 def _rows(path) -> list[tuple]:
     with sqlite3.connect(path) as con:
-        return con.execute("SELECT id, run_key, method, seed, domain, created_at, error FROM results ORDER BY id").fetchall()
+        query = "SELECT id, run_key, method, seed, domain, created_at, error FROM results ORDER BY id"
+        return con.execute(query).fetchall()
 
 
 def test_grid_expands_hparams_only_for_methods_that_declare_them():
@@ -33,7 +34,8 @@ def test_grid_expands_hparams_only_for_methods_that_declare_them():
 
 def test_bad_cell_stops_the_sweep_before_any_work(tmp_path, capsys):
     store = tmp_path / "s.sqlite"
-    code = sweep.main(["--methods", "source", "--protocols", "smoke,smok", "--seeds", "0", "--store", str(store), *FAST])
+    code = sweep.main(["--methods", "source", "--protocols", "smoke,smok", "--seeds", "0", "--store", str(store),
+                       *FAST])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("error: cell smok / source / seed 0: unknown protocol 'smok'; did you mean smoke?")
@@ -44,7 +46,7 @@ def test_ray_runs_a_2x2_grid_on_a_local_instance(tmp_path):
     pytest.importorskip("ray")
     store = tmp_path / "ray.sqlite"
     code = sweep.main(["--methods", "source,alpha_bn", "--protocols", "smoke", "--seeds", "0,1", "--store", str(store),
-                       "--backend", "ray", "--workers", "2", *FAST])
+                       "--backend", "ray", "--workers", "2", "--threads", "1", *FAST])
     assert code == 0
     rows = ResultStore(store).rows()
     assert sorted({(r["method"], r["seed"]) for r in rows}) == [("alpha_bn", 0), ("alpha_bn", 1), ("source", 0),

@@ -49,7 +49,7 @@ def domain_bars(df: pd.DataFrame, domains: list[str], title: str, path: Path) ->
     summary = df.groupby(["label", "domain"])["error"].agg(["mean", "std"]).reset_index()
     order = summary.groupby("label")["mean"].mean().sort_values().index.tolist()
     width = 0.8 / max(1, len(order))
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.55 * len(domains) * max(1, len(order)) ** 0.5 + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.4, 2 + 0.12 * len(domains) * len(order))), 4.5))
     for i, label in enumerate(order):
         bars = summary[summary["label"] == label].set_index("domain").reindex(domains)
         positions = [d + (i - (len(order) - 1) / 2) * width for d in range(len(domains))]
