@@ -76,7 +76,8 @@ def test_compare_two_stores_and_two_revisions(store, tmp_path, capsys):
     a = {(r["method"], r["severity"], r["domain"], r["seed"]): r["error"] for r in store.rows()}
     b = {(r["method"], r["severity"], r["domain"], r["seed"]): r["error"] for r in other.rows()}
     key = ("smoke", "procedural", "episodic", "smoke_cnn", 5, "alpha_bn", "contrast-5")
-    expected = statistics.mean(b[("alpha_bn", 5, "contrast-5", s)] - a[("alpha_bn", 5, "contrast-5", s)] for s in (0, 1))
+    expected = statistics.mean(b[("alpha_bn", 5, "contrast-5", s)] - a[("alpha_bn", 5, "contrast-5", s)]
+                               for s in (0, 1))
     assert both.loc[key, "delta"] == pytest.approx(expected)
     assert both["delta"].abs().max() > 0
 

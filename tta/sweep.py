@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     def on_done(task, result, exc) -> None:
         count = len(failures) + succeeded[0] + 1
         if exc is not None:
-            failures.append(f"{task.cell.label()}: {exc if isinstance(exc, UserError) else f'{type(exc).__name__}: {exc}'}")
+            reason = exc if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            failures.append(f"{task.cell.label()}: {reason}")
             print(f"[{count}/{len(tasks)}] FAILED {failures[-1]}", file=sys.stderr, flush=True)
             return
         store.extend(result["rows"])
