@@ -55,6 +55,7 @@ class Settings:
     plugins: tuple[str, ...] = ()
     data_source: str | None = None  # label for the rows' data_source when the data is not what the reader assumes
     threads: int | None = None  # torch threads per worker
+    compile: bool = False  # torch.compile the adapted model (RunConfig.compile)
 
 
 @dataclass
@@ -139,7 +140,7 @@ def run_config(cell: Cell, settings: Settings):
                      model=settings.model, checkpoint=settings.checkpoint,
                      domains=list(settings.domains) if settings.domains else None, severity=cell.severity,
                      batch_size=settings.batch_size, n_examples=settings.n_examples, scenario=cell.scenario,
-                     data_root=settings.data_root, device=settings.device)
+                     data_root=settings.data_root, device=settings.device, compile=settings.compile)
 
 
 def plan(cells: list[Cell], settings: Settings, store=None) -> list[PlannedCell]:
