@@ -28,6 +28,7 @@ def _row(method: str, checkpoint: str, **config) -> dict:
 
 def test_bn_methods_run_on_the_street_segmenter(street_checkpoint):
     rows = {m: _row(m, street_checkpoint) for m in ("source", "bn_adapt", "adabn", "alpha_bn")}
+    rows.update({m: _row(m, street_checkpoint, hparams={"lr": "0.05"}) for m in ("tent", "core")})
     for method, row in rows.items():
         assert row["n"] == 16 and row["domain"] == "night"
         assert row["error"] == pytest.approx(100.0 - row["extra"]["miou"])
@@ -36,6 +37,9 @@ def test_bn_methods_run_on_the_street_segmenter(street_checkpoint):
     assert rows["bn_adapt"]["nll"] != pytest.approx(rows["source"]["nll"], rel=1e-4)
     assert rows["alpha_bn"]["nll"] != pytest.approx(rows["source"]["nll"], rel=1e-4)
     assert _row("alpha_bn", street_checkpoint, hparams={"alpha": 1.0})["nll"] == pytest.approx(rows["source"]["nll"])
+    # the gradient methods step on dense outputs (every pixel an example): they move away from their BN start
+    assert rows["tent"]["nll"] != pytest.approx(rows["bn_adapt"]["nll"], rel=1e-3)
+    assert rows["core"]["nll"] != pytest.approx(rows["alpha_bn"]["nll"], rel=1e-3)
 
 
 def test_alpha_bn_on_deeplabv3plus_over_cityscapes_files(data_root, tmp_path, monkeypatch):  # noqa: F811

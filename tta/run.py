@@ -108,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         write_json(Path(args.json), rows)
     errors = [r["error"] for r in rows if r["error"] is not None and not math.isnan(r["error"])]
     if errors:
-        print(f"{'mean':<22} error {sum(errors) / len(errors):6.2f}%  over {len(errors)} domains"
-              + (f"  (store: {store.path})" if store else ""))
+        mean = sum(errors) / len(errors)
+        dense = all((r.get("extra") or {}).get("miou") is not None for r in rows)
+        score = f"mIoU  {100 - mean:6.2f}%" if dense else f"error {mean:6.2f}%"
+        print(f"{'mean':<22} {score}  over {len(errors)} domains" + (f"  (store: {store.path})" if store else ""))
     return 0
 
 

@@ -23,6 +23,8 @@ MCC's published examples (thuml Transfer-Learning-Library). Optimizer and schedu
 ``tent`` (Adam, one step per batch, prediction from before the step); the lr default 1e-3 is
 this project's choice, alpha 0.1 as ``alpha_bn``.
 
+Segmentation: the pixels of a batch are its examples (same formula, ``B`` = number of pixels).
+
 Batch size 1: ``C`` is then rank one and ``L = (K - 1) / K`` for every input, so the loss
 carries no signal (and Adam would turn float round-off in its zero gradient into steps of
 size ~lr): a batch of one example is predicted with alpha-BN and no step is taken. A layer
@@ -37,7 +39,12 @@ from tta.registry import register_method
 
 
 def class_confusion_loss(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The MCC loss ``L`` above: normalized off-diagonal class correlation of one batch."""
+    """The MCC loss ``L`` above: normalized off-diagonal class correlation of one batch.
+
+    Dense outputs (N x K x H x W, segmentation) count every pixel as an example.
+    """
+    if logits.dim() > 2:
+        logits = logits.movedim(1, -1).reshape(-1, logits.shape[1])
     batch, classes = logits.shape
     probs = (logits / temperature).softmax(1)
     with torch.no_grad():
