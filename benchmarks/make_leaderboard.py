@@ -13,7 +13,7 @@
    15 benchmark corruptions), and source, bn_adapt, adabn, alpha_bn x seeds 0,1,2 run on
    it at severity 5, ``--cifar-examples`` (default 500) seeded examples per domain, with
    ``--checkpoint`` the shared ResNet-20. These are NOT the official CIFAR-10-C files; the
-   rows say so in their ``data_source`` (``--data-source`` of the sweep) and the
+   rows say so in their ``data_source`` (from the folder's ``PROVENANCE.json``) and the
    leaderboard caption repeats it.
 3. ``python -m tta.leaderboard`` renders markdown, CSV, JSON and PNG plots into ``--out``.
 
@@ -76,7 +76,7 @@ def build_cifar10c_layout(build_dir: Path, severities: tuple[int, ...] = (1, 2, 
         os.replace(folder / f"{name}.tmp.npy", target)
         print(f"built {target} in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     marker.write_text(json.dumps({"images": str(IMAGES), "engine": "tta.data.corruptions.corrupt", "seed": 0,
-                                  "severities": list(severities), "note": JPEG_SOURCE}, indent=1))
+                                  "severities": list(severities), "data_source": JPEG_SOURCE, "note": JPEG_SOURCE}, indent=1))
     return build_dir
 
 
@@ -121,7 +121,7 @@ def main() -> int:
     if cifar:
         from tta.data.corruption_names import BENCHMARK_CORRUPTIONS
 
-        extra = ("--data-root", str(args.build_dir), "--checkpoint", str(CHECKPOINT), "--data-source", JPEG_SOURCE,
+        extra = ("--data-root", str(args.build_dir), "--checkpoint", str(CHECKPOINT),
                  "--n-examples", str(args.cifar_examples), "--domains", ",".join(BENCHMARK_CORRUPTIONS),
                  "--threads", "1")
         sweep(args, "cifar10c", BN_METHODS, "5", *extra)  # severity 5 only: ResNet-20 on shared CPUs is slow

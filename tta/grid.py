@@ -16,12 +16,11 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tta.errors import UserError
-from tta.protocols.base import DatasetReader, DomainData
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,6 @@ class Settings:
     n_examples: int | None = None
     device: str = "cpu"
     plugins: tuple[str, ...] = ()
-    data_source: str | None = None  # label for the rows' data_source when the data is not what the reader assumes
     threads: int | None = None  # torch threads per worker
     compile: bool = False  # torch.compile the adapted model (RunConfig.compile)
 
@@ -158,20 +156,6 @@ def plan(cells: list[Cell], settings: Settings, store=None) -> list[PlannedCell]
     return planned
 
 
-class RelabelledReader(DatasetReader):
-    """A dataset reader whose domains report another ``data_source`` (e.g. self-built data in an official layout)."""
-
-    def __init__(self, inner: DatasetReader, data_source: str) -> None:
-        self.inner, self.data_source = inner, data_source
-        self.domains, self.has_severity = inner.domains, inner.has_severity
-
-    def check(self, domains, root):
-        self.inner.check(domains, root)
-
-    def load(self, domain, root) -> DomainData:
-        return replace(self.inner.load(domain, root), source=self.data_source)
-
-
 class CollectingStore:
     """Store stand-in for workers without access to the result file (Ray): rows go back to the caller."""
 
@@ -211,8 +195,6 @@ def execute_cell(task: CellTask) -> dict[str, Any]:
     plugins.load_all(task.settings.plugins)
     started = time.perf_counter()
     run = Run(run_config(task.cell, task.settings))
-    if task.settings.data_source:
-        run.protocol.reader = RelabelledReader(run.protocol.reader, task.settings.data_source)
     store = ResultStore(task.store_path) if task.store_path else CollectingStore(task.finished)
     rows = run.execute(store)
     errors = [r["error"] for r in rows if r.get("error") is not None]

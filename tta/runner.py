@@ -107,6 +107,8 @@ class Run:
         }
         if not self.scenario.independent:
             identity["sequence"] = [d.key for d in self.domains]
+        if self.protocol.reader.data_source is not None:  # official and self-built data never share cells
+            identity["data_source"] = self.protocol.reader.data_source
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     def base_row(self) -> dict[str, Any]:

@@ -41,8 +41,6 @@ def build_parser() -> Parser:
     shared.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     shared.add_argument("--compile", action="store_true", help="torch.compile the adapted model")
     shared.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a method plugin file")
-    shared.add_argument("--data-source", help="record this as the rows' data_source (for self-built data "
-                                              "in an official layout)")
     engine = p.add_argument_group("execution")
     engine.add_argument("--store", default=str(DEFAULT_STORE), help=f"SQLite result store (default {DEFAULT_STORE})")
     engine.add_argument("--backend", default="local", help="local (worker processes) or ray (default local)")
@@ -75,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         data_root=args.data_root, model=args.model, checkpoint=args.checkpoint,
         domains=tuple(grid.split_list(args.domains, "--domains")) if args.domains else None,
         batch_size=args.batch_size, n_examples=args.n_examples, device=args.device, plugins=tuple(args.plugin),
-        data_source=args.data_source, threads=args.threads or grid.default_threads(args.workers),
+        threads=args.threads or grid.default_threads(args.workers),
         compile=args.compile)
     executor = executor_cls(args.workers, args.address)
     store = ResultStore(args.store)

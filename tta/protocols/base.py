@@ -30,8 +30,13 @@ class DomainData:
 class DatasetReader:
     """Base class of dataset readers."""
 
-    #: canonical domain order
+    #: every domain the reader accepts, in canonical order
     domains: tuple[str, ...] = ()
+    #: the domains a run uses when neither the spec nor the user names them (default: all)
+    default_domains: tuple[str, ...] | None = None
+    #: where the data came from, once :meth:`check` has looked (``official``, ``generated``,
+    #: a provenance label...); part of the run's identity when set
+    data_source: str | None = None
     #: whether domains come in severities 1..5
     has_severity: bool = True
     #: names of the label-free side arrays :meth:`load` provides in ``DomainData.extras``
@@ -60,7 +65,7 @@ class Protocol:
 
     def domains(self, names: list[str] | None = None, severity: int | None = None) -> list[Domain]:
         """The domains to run, in order; validates names and severity."""
-        chosen = list(names or self.spec.domains or self.reader.domains)
+        chosen = list(names or self.spec.domains or self.reader.default_domains or self.reader.domains)
         unknown = [d for d in chosen if d not in self.reader.domains]
         if unknown:
             import difflib

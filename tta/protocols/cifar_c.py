@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tta.data import cifar
-from tta.data.corruption_names import ALL_CORRUPTIONS
+from tta.data.corruption_names import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS
 from tta.download import download
 from tta.errors import UserError
 from tta.protocols.base import DatasetReader, DomainData
@@ -46,6 +46,21 @@ def read_severity(path: Path, severity: int) -> np.ndarray:
     return np.ascontiguousarray(stacked[(severity - 1) * rows: severity * rows])
 
 
+def provenance(folder: Path) -> str:
+    """``official``, unless the folder's ``PROVENANCE.json`` names its ``data_source`` (or ``note``):
+    self-built data in the official layout must say so; rows and run identities carry the label."""
+    import json
+
+    record = folder / "PROVENANCE.json"
+    if not record.is_file():
+        return "official"
+    try:
+        info = json.loads(record.read_text())
+        return str(info.get("data_source") or info["note"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{record} must be a JSON object with a 'data_source' (or 'note') label") from None
+
+
 class CorruptedStack(DatasetReader):
     """Reader of the ``<folder>/<corruption>.npy`` + ``labels.npy`` layout."""
 
@@ -53,6 +68,7 @@ class CorruptedStack(DatasetReader):
     url: str = ""
     md5: str = ""
     domains = ALL_CORRUPTIONS
+    default_domains = BENCHMARK_CORRUPTIONS
 
     def __init__(self) -> None:
         self.located: tuple[Path, str] | None = None
@@ -63,6 +79,7 @@ class CorruptedStack(DatasetReader):
 
     def check(self, domains: list[Domain], root: Path) -> None:
         self.located = self.locate(domains, root)
+        self.data_source = self.located[1]
 
     def locate(self, domains: list[Domain], root: Path) -> tuple[Path, str]:
         """(folder, data_source) holding every needed file, generating or downloading if needed."""
@@ -70,7 +87,7 @@ class CorruptedStack(DatasetReader):
         needed = ["labels.npy", *(f"{d.name}.npy" for d in domains)]
         missing = [name for name in needed if not (official / name).is_file()]
         if not missing:
-            return official, "official"
+            return official, provenance(official)
         if cifar.test_file(self.cifar, root).is_file():
             from tta.data.build_c import ensure_generated
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tta.data.corruption_names import ALL_CORRUPTIONS
+from tta.data.corruption_names import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS
 from tta.data.image_files import IMAGE_SUFFIXES, ImageFiles
 from tta.errors import UserError
 from tta.protocols.base import DatasetReader, DomainData
@@ -38,6 +38,7 @@ class ImageNetC(DatasetReader):
     """ImageNet-C, official layout <root>/ImageNet-C/<corruption>/<severity>/<wnid>/*.JPEG."""
 
     domains = ALL_CORRUPTIONS
+    default_domains = BENCHMARK_CORRUPTIONS
 
     def check(self, domains: list[Domain], root: Path) -> None:
         for domain in domains:
