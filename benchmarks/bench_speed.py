@@ -10,16 +10,15 @@ repetition is method images/s / bare images/s; the table gives medians over repe
 (the machine is noisy, ratios within one repetition are not). Forward-only methods are
 compared with ``model(x)`` under ``torch.inference_mode``; ``tent`` and ``core`` also with a
 minimal hand-written Tent loop (train-mode BN, entropy, backward, Adam step on the BN
-affine parameters). Peak memory: CUDA ``max_memory_allocated`` on GPU; on CPU the growth of
-the process's peak resident set while the method runs (``ru_maxrss``), measured in a
-fresh subprocess per method so methods do not hide each other's peaks.
+affine parameters). Peak memory: CUDA ``max_memory_allocated`` on GPU; on CPU the peak
+resident set while the method runs above the resident set before it (Linux VmHWM, reset
+after loading), in a fresh subprocess per method so methods do not hide each other's peaks.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import torch
 
 from tta.models import create_model, load_into
 from tta.registry import METHODS
+from tta.streams import to_tensor
 
 import tta.methods  # noqa: F401
 
@@ -38,9 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 FORWARD_ONLY = ("source", "bn_adapt", "adabn", "alpha_bn")
 GRADIENT = ("tent", "core")
+#: "runner": batches exactly as tta.streams makes them (channels-last); "nchw": contiguous copies
+LAYOUTS = {"runner": lambda batch: batch, "nchw": lambda batch: batch.contiguous()}
 
 
-def load_batches(batch_size: int, n_images: int, device: str) -> list[torch.Tensor]:
+def load_batches(batch_size: int, n_images: int, device: str, layout: str = "runner") -> list[torch.Tensor]:
     npz = SHARED / "cifar10_test_jpeg.npz"
     if npz.is_file():
         images = np.load(npz)["images"]
@@ -49,8 +51,7 @@ def load_batches(batch_size: int, n_images: int, device: str) -> list[torch.Tens
 
         images = generate(n_images, seed=1)[0]
     images = images[np.random.default_rng(0).permutation(len(images))[:n_images]]
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous().to(device)
-    return list(x.split(batch_size))
+    return [LAYOUTS[layout](to_tensor(images[i:i + batch_size], device)) for i in range(0, len(images), batch_size)]
 
 
 def build_model(name: str, device: str):
@@ -83,11 +84,14 @@ def bare_loop(model):
 
 
 def method_loop(method):
+    """The method as the runner drives it: forward (inference mode unless it needs gradients)
+    plus the runner's per-batch stability check."""
     def loop(batches):
         context = torch.enable_grad if method.needs_grad else torch.inference_mode
         for x in batches:
             with context():
                 method(x)
+            method.diverged()
     return loop
 
 
@@ -119,7 +123,7 @@ def throughput_table(args) -> list[dict]:
     rows = []
     methods = [m for m in (*FORWARD_ONLY, *GRADIENT) if m in METHODS]
     for batch_size in args.batch_sizes:
-        batches = load_batches(batch_size, args.n_images, args.device)
+        batches = load_batches(batch_size, args.n_images, args.device, args.layout)
         for name in methods:
             bare_model = build_model(args.model, args.device)
             adapted = build_model(args.model, args.device)
@@ -155,22 +159,35 @@ def peak_memory(args, method: str, batch_size: int) -> float:
         model = build_model(args.model, args.device)
         m = METHODS.get(method)()
         m.setup(model)
-        method_loop(m)(load_batches(batch_size, 4 * batch_size, args.device))
+        method_loop(m)(load_batches(batch_size, 4 * batch_size, args.device, args.layout))
         return torch.cuda.max_memory_allocated() / 2**20
     out = subprocess.run([sys.executable, __file__, "--child-memory", method, "--model", args.model,
-                          "--batch-sizes", str(batch_size)], capture_output=True, text=True, check=True)
+                          "--batch-sizes", str(batch_size), "--layout", args.layout],
+                         capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def child_memory(args) -> None:
-    """In a fresh process: peak-RSS growth (MiB) while the method runs 4 batches."""
+    """In a fresh process: peak resident memory (MiB) above the resident size before the method runs.
+
+    Linux's peak-RSS mark (VmHWM) is reset through ``/proc/self/clear_refs`` after the data and
+    model are loaded, so the loading itself does not hide the method's peak.
+    """
     model = build_model(args.model, "cpu")
-    batches = load_batches(args.batch_sizes[0], 4 * args.batch_sizes[0], "cpu")
+    batches = load_batches(args.batch_sizes[0], 4 * args.batch_sizes[0], "cpu", args.layout)
     method = METHODS.get(args.child_memory)()
     method.setup(model)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
     method_loop(method)(batches)
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    print((_status_kib("VmHWM") - before) / 1024)
 
 
 def stream_all(args) -> dict:
@@ -207,6 +224,8 @@ def main() -> None:
     p.add_argument("--data-root")
     p.add_argument("--domains")
     p.add_argument("--threads", type=int)
+    p.add_argument("--layout", choices=tuple(LAYOUTS), default="runner",
+                   help="batch memory layout: as the runner streams it (channels-last) or contiguous NCHW")
     p.add_argument("--child-memory", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
