@@ -32,7 +32,8 @@ def build_parser() -> Parser:
     p.add_argument("--batch-size", type=int, help="test batch size")
     p.add_argument("--n-examples", type=int, help="examples per domain (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stream order and the method (default 0)")
-    p.add_argument("--scenario", help="scenario name (default: the protocol's)")
+    p.add_argument("--scenario", help="scenario NAME or NAME:key=value,... e.g. dirichlet:delta=0.01 "
+                                      "(default: the protocol's; see --list)")
     p.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="method hyperparameters")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a method plugin file")
     p.add_argument("--store", default=str(DEFAULT_STORE), help=f"SQLite result store (default {DEFAULT_STORE})")
@@ -64,7 +65,8 @@ def list_everything() -> str:
     lines.append("  <timm name>  any timm model, e.g. resnet50 (give --checkpoint)")
     lines.append("scenarios:")
     for name, cls in SCENARIOS.items():
-        lines.append(f"  {name:<12} {(cls.__doc__ or '').strip().splitlines()[0]}")
+        params = ", ".join(f"{k}={v.default}" for k, v in getattr(cls, "hparams", {}).items())
+        lines.append(f"  {name:<12} {(cls.__doc__ or '').strip().splitlines()[0]}" + (f"  [{params}]" if params else ""))
     lines.append("datasets:")
     for name, cls in DATASETS.items():
         lines.append(f"  {name:<12} {(cls.__doc__ or '').strip().splitlines()[0]}")

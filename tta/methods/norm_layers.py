@@ -77,9 +77,16 @@ class StatsNorm(nn.Module):
 
 
 class TestBatchNorm(StatsNorm):
-    """Test-batch statistics only (BN-adapt; Schneider et al. 2020, Nado et al. 2020)."""
+    """Test-batch statistics only (BN-adapt; Schneider et al. 2020, Nado et al. 2020).
+
+    One value per channel (batch size 1 on a layer without spatial extent) has no variance:
+    the layer would output its bias whatever the input, so it refuses instead.
+    """
 
     def statistics(self, x):
+        if x.numel() == x.shape[1]:
+            raise UserError(f"test-batch statistics of one value per channel ({type(self).__name__} on input "
+                            f"{tuple(x.shape)}): use --batch-size 2 or more, or a method that keeps source statistics")
         var, mean = batch_statistics(x)
         return mean, var
 
