@@ -121,7 +121,7 @@ def hand_tent_loop(model, lr: float = 1e-3):
 
 def throughput_table(args) -> list[dict]:
     rows = []
-    methods = [m for m in (*FORWARD_ONLY, *GRADIENT) if m in METHODS]
+    methods = [m for m in (args.methods or (*FORWARD_ONLY, *GRADIENT)) if m in METHODS]
     for batch_size in args.batch_sizes:
         batches = load_batches(batch_size, args.n_images, args.device, args.layout)
         for name in methods:
@@ -210,7 +210,7 @@ def stream_all(args) -> dict:
 def markdown(rows: list[dict]) -> str:
     import pandas as pd
 
-    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g")
+    return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g")
 
 
 def main() -> None:
@@ -220,6 +220,7 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=lambda s: [int(v) for v in s.split(",")], default=[200, 16])
     p.add_argument("--n-images", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--methods", type=lambda s: s.split(","), help="comma-separated subset (default: all six)")
     p.add_argument("--stream-all", action="store_true")
     p.add_argument("--data-root")
     p.add_argument("--domains")

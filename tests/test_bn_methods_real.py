@@ -91,13 +91,13 @@ def test_adabn_statistics_equal_those_of_everything_it_saw(noisy_batches, resnet
     assert len(inputs) == len(method.layers) == 19
     for i, layer in enumerate(method.layers):
         everything = torch.cat(inputs[i])
-        assert layer.pooled_count.item() == everything.numel() / everything.shape[1]
+        assert layer.count == everything.numel() / everything.shape[1]
         torch.testing.assert_close(layer.pooled_mean, everything.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(layer.pooled_m2 / layer.pooled_count, everything.var(dim=(0, 2, 3), unbiased=False),
+        torch.testing.assert_close(layer.pooled_m2 / layer.count, everything.var(dim=(0, 2, 3), unbiased=False),
                                    rtol=1e-4, atol=1e-6)
     # the pooled variance includes the between-batch term: it differs from the mean of batch variances
     per_batch_var = torch.stack([x.var(dim=(0, 2, 3), unbiased=False) for x in inputs[0]]).mean(0)
-    assert not torch.allclose(per_batch_var, method.layers[0].pooled_m2 / method.layers[0].pooled_count, rtol=1e-6)
+    assert not torch.allclose(per_batch_var, method.layers[0].pooled_m2 / method.layers[0].count, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["source", "bn_adapt", "adabn", "alpha_bn"])

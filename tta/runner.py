@@ -29,7 +29,7 @@ import tta.methods  # noqa: F401 - registers the built-in methods
 import tta.models  # noqa: F401 - registers the built-in models
 import tta.protocols  # noqa: F401 - registers the dataset readers
 from tta import scenarios as _scenarios  # noqa: F401 - registers the scenarios
-from tta.environment import describe, git_revision
+from tta.environment import describe, git_revision, resolve_device
 from tta.errors import UserError
 from tta import metrics as _metrics  # noqa: F401 - registers the classification metrics
 from tta import segmentation_metrics as _segmentation_metrics  # noqa: F401 - registers the segmentation metrics
@@ -84,7 +84,7 @@ class Run:
         self.domains = self.protocol.domains(config.domains, config.severity)
         self.batch_size = config.batch_size or spec.batch_size
         self.n_examples = config.n_examples or spec.n_examples
-        self.device = _device(config.device)
+        self.device = resolve_device(config.device)
         self.model_name = config.model or spec.model
         self.checkpoint = config.checkpoint or (spec.checkpoint if self.model_name == spec.model else None)
         if self.checkpoint is None:
@@ -205,18 +205,6 @@ def _stored_rows(store: ResultStore | None, run_key: str) -> list[dict[str, Any]
     if store is None:
         return []
     return sorted((r for r in store.rows() if r["run_key"] == run_key), key=lambda r: r["domain_index"] or 0)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA device is available")
-    return device
 
 
 def _peak_memory_mb(device: torch.device) -> float:

@@ -36,10 +36,9 @@ def _masks(dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> dict[str, np.ndarra
     }
 
 
-def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` images (uint8, N x 32 x 32 x 3) and labels (int64), balanced over the 10 classes."""
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(n) % len(CLASSES)).astype(np.int64)
+def shape_masks(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """Boolean N x 32 x 32 masks of each label's shape at a random centre (11..21) and radius (6..10)."""
+    n = len(labels)
     grid = np.arange(SIZE, dtype=np.float32) + 0.5
     centre = rng.uniform(11, 21, size=(n, 2)).astype(np.float32)
     radius = rng.uniform(6, 10, size=(n, 1, 1)).astype(np.float32)
@@ -50,6 +49,14 @@ def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     for index, name in enumerate(CLASSES):
         chosen = labels == index
         mask[chosen] = masks[name][chosen]
+    return mask
+
+
+def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images (uint8, N x 32 x 32 x 3) and labels (int64), balanced over the 10 classes."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % len(CLASSES)).astype(np.int64)
+    mask = shape_masks(rng, labels)
     background = rng.uniform(0, 255, size=(n, 1, 1, 3)).astype(np.float32)
     # foreground differs from background by at least 80 grey levels in some channel
     foreground = np.where(background > 127, background - rng.uniform(80, 127, size=(n, 1, 1, 3)),

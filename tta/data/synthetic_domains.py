@@ -26,25 +26,9 @@ from typing import Callable
 
 import numpy as np
 
-from tta.data.synthetic import CLASSES, SIZE, _masks
+from tta.data.synthetic import CLASSES, SIZE, shape_masks
 
 STYLES: tuple[str, ...] = ("solid", "outline", "textured", "inverted")
-
-
-def shape_masks(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
-    """Boolean N x 32 x 32 masks of each label's shape at a random centre and radius."""
-    n = len(labels)
-    grid = np.arange(SIZE, dtype=np.float32) + 0.5
-    centre = rng.uniform(11, 21, size=(n, 2)).astype(np.float32)
-    radius = rng.uniform(6, 10, size=(n, 1, 1)).astype(np.float32)
-    dx = grid[None, None, :] - centre[:, 0, None, None]
-    dy = grid[None, :, None] - centre[:, 1, None, None]
-    masks = _masks(dx, dy, radius)
-    mask = np.zeros((n, SIZE, SIZE), dtype=bool)
-    for index, name in enumerate(CLASSES):
-        chosen = labels == index
-        mask[chosen] = masks[name][chosen]
-    return mask
 
 
 def _colours(rng: np.random.Generator, n: int, low: float, high: float) -> np.ndarray:

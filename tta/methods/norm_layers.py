@@ -103,8 +103,9 @@ class MixedBatchNorm(StatsNorm):
 
     def statistics(self, x):
         var, mean = batch_statistics(x)
-        a = self.alpha
-        return a * self.running_mean + (1.0 - a) * mean, a * self.running_var + (1.0 - a) * var
+        # lerp(source, test, 1 - alpha): exactly the source at alpha = 1, exactly the test batch at alpha = 0
+        weight = 1.0 - self.alpha
+        return torch.lerp(self.running_mean, mean, weight), torch.lerp(self.running_var, var, weight)
 
 
 class PooledBatchNorm(StatsNorm):
@@ -124,23 +125,23 @@ class PooledBatchNorm(StatsNorm):
     def __init__(self, bn: _BatchNorm) -> None:
         super().__init__(bn)
         device = bn.running_mean.device
-        self.register_buffer("pooled_count", torch.zeros((), dtype=torch.float64, device=device), persistent=False)
+        self.count = 0.0  # examples per channel pooled so far (a Python float: no tensor op per batch)
         self.register_buffer("pooled_mean", torch.zeros(bn.num_features, dtype=torch.float64, device=device), persistent=False)
         self.register_buffer("pooled_m2", torch.zeros(bn.num_features, dtype=torch.float64, device=device), persistent=False)
 
     def statistics(self, x):
         var_b, mean_b = batch_statistics(x.detach())
         n_b = float(x.numel() // x.shape[1])
-        n = self.pooled_count
+        n = self.count
         total = n + n_b
         delta = mean_b.double() - self.pooled_mean
-        self.pooled_m2.add_(var_b.double() * n_b + delta.square() * (n * n_b / total))
-        self.pooled_mean.add_(delta * (n_b / total))
-        self.pooled_count.fill_(total)
+        self.pooled_m2.add_(var_b.double(), alpha=n_b).addcmul_(delta, delta, value=n * n_b / total)
+        self.pooled_mean.add_(delta, alpha=n_b / total)
+        self.count = total
         return self.pooled_mean.to(x.dtype), (self.pooled_m2 / total).to(x.dtype)
 
     def reset_statistics(self) -> None:
-        self.pooled_count.zero_()
+        self.count = 0.0
         self.pooled_mean.zero_()
         self.pooled_m2.zero_()
 

@@ -6,7 +6,10 @@ family is part of the model (:class:`Normalized`), so protocols never normalize.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -68,3 +71,21 @@ def create_model(name: str, num_classes: int) -> Normalized:
     net = timm.create_model(name, pretrained=False, num_classes=num_classes)
     cfg = getattr(net, "pretrained_cfg", {}) or {}
     return Normalized(net, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
+
+
+def cached_weights(filename: str, train: Callable[[], dict[str, torch.Tensor]]) -> Path:
+    """``<cache>/weights/<filename>``, produced once by ``train()`` and written atomically.
+
+    For built-in weights that are trained on the fly (offline defaults): concurrent first
+    uses may both train, but each file appears whole or not at all.
+    """
+    from tta.paths import cache_dir
+
+    path = cache_dir() / "weights" / filename
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = train()
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as handle:
+            torch.save(state, handle)
+        os.replace(handle.name, path)
+    return path

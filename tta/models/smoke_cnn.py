@@ -8,18 +8,16 @@ load the cached file. Training is seeded, so every machine builds the same task.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tta.models.registry import IDENTITY_MEAN, register_model
-from tta.paths import cache_dir
+from tta.models.registry import IDENTITY_MEAN, cached_weights, register_model
 from tta.registry import WEIGHTS
 
 WEIGHTS_VERSION = 1
@@ -49,16 +47,9 @@ def smoke_cnn(num_classes: int = 10) -> SmokeCNN:
 
 
 @WEIGHTS.register("smoke_cnn")
-def smoke_cnn_weights() -> "os.PathLike":
+def smoke_cnn_weights() -> Path:
     """Path of the trained smoke CNN weights, training and caching them on first use."""
-    path = cache_dir() / "weights" / f"smoke_cnn-v{WEIGHTS_VERSION}.pt"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = train_smoke_cnn()
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as handle:
-            torch.save(state, handle)
-        os.replace(handle.name, path)
-    return path
+    return cached_weights(f"smoke_cnn-v{WEIGHTS_VERSION}.pt", train_smoke_cnn)
 
 
 def train_smoke_cnn(seed: int = 0) -> dict[str, torch.Tensor]:

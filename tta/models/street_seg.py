@@ -13,18 +13,16 @@ weights under ``<cache>/weights/``; training is seeded, so every machine builds 
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tta.models.registry import IDENTITY_MEAN, register_model
-from tta.paths import cache_dir
+from tta.models.registry import IDENTITY_MEAN, cached_weights, register_model
 from tta.registry import WEIGHTS
 
 WEIGHTS_VERSION = 1
@@ -56,16 +54,9 @@ def street_seg(num_classes: int = 7) -> StreetSeg:
 
 
 @WEIGHTS.register("street_seg")
-def street_seg_weights() -> "os.PathLike":
+def street_seg_weights() -> Path:
     """Path of the trained street-scene segmenter, training and caching it on first use."""
-    path = cache_dir() / "weights" / f"street_seg-v{WEIGHTS_VERSION}.pt"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = train_street_seg()
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as handle:
-            torch.save(state, handle)
-        os.replace(handle.name, path)
-    return path
+    return cached_weights(f"street_seg-v{WEIGHTS_VERSION}.pt", train_street_seg)
 
 
 def train_street_seg(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -40,6 +40,7 @@ import torch
 import tta.models  # noqa: F401 - registers the built-in models
 import tta.protocols  # noqa: F401 - registers the dataset readers
 import tta.training  # noqa: F401 - registers the built-in training methods
+from tta.environment import resolve_device
 from tta.errors import UserError
 from tta.hparams import resolve
 from tta.paths import cache_dir, data_root
@@ -110,7 +111,7 @@ class Training:
                 raise UserError(f"{name} must be at least 1, got {value}")
         self.model_name = config.model or self.recipe.model or self.spec.model
         self.pretrained = config.pretrained or self.recipe.pretrained
-        self.device = _device(config.device)
+        self.device = resolve_device(config.device)
         self.protocol.reader.check(domains, self.protocol.root)
         self.identity = {
             "protocol": self.protocol.name, "dataset": self.spec.dataset, "method": config.method, "hparams": self.hp,
@@ -240,18 +241,6 @@ def epoch_positions(n: int, batch_size: int, step: int, seed: int, key: str) -> 
 def default_out(identity: dict[str, Any], key: str) -> Path:
     return (cache_dir() / "train" / identity["protocol"] / identity["method"] / identity["target"]
             / f"seed{identity['seed']}-{key}")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA device is available")
-    return device
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
