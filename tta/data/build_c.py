@@ -22,6 +22,7 @@ bytes.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -97,6 +98,14 @@ def _check_manifest(out: Path, info: dict) -> None:
     path.write_text(json.dumps(info, indent=2) + "\n")
 
 
+def _pool(jobs: int) -> ProcessPoolExecutor | None:
+    """Worker processes for corrupting chunks, started with ``spawn``: forking a process whose
+    OpenMP / torch thread pools are running (any caller that used torch first) deadlocks."""
+    if jobs <= 1:
+        return None
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+
+
 def _map(pool, tasks):
     return pool.map(_corrupt_chunk, tasks) if pool else map(_corrupt_chunk, tasks)
 
@@ -120,7 +129,7 @@ def build_cifar(dataset: str, out: Path, root: Path | None = None, corruptions=B
         print(f"{dataset}-C -> {out}: {len(todo)} corruptions to build"
               + (f", {skipped} already complete" if skipped else ""), file=sys.stderr)
     progress = _Progress(len(todo) * n * len(SEVERITIES), quiet)
-    pool = ProcessPoolExecutor(jobs, initializer=_init_worker) if jobs > 1 else None
+    pool = _pool(jobs)
     try:
         for name in todo:
             tmp = out / f".{name}.npy.tmp"
@@ -192,7 +201,7 @@ def build_image_folder(folder: Path, out: Path, corruptions=BENCHMARK_CORRUPTION
                           "engine": "tta.data.corruptions", "preprocess": "resize 256, center crop 224"})
     todo = [c for c in corruptions if not (out / c).is_dir()]
     progress = _Progress(len(todo) * len(files) * len(SEVERITIES), quiet)
-    pool = ProcessPoolExecutor(jobs, initializer=_init_worker) if jobs > 1 else None
+    pool = _pool(jobs)
     try:
         for name in todo:
             tmp = out / f".{name}.tmp"
