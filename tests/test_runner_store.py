@@ -31,6 +31,8 @@ def test_rows_per_domain_then_rerun_skips_and_force_appends(store_path):
     assert [r["error"] for r in again] == [r["error"] for r in rows]
     smoke_run().execute(store, force=True)
     assert len(store.rows(latest_only=False)) == 4 and len(store.rows()) == 2
+    subset = smoke_run(domains=["contrast"]).execute(store)  # same cells: served from the store, only those asked
+    assert [r["domain"] for r in subset] == ["contrast-5"] and len(store.rows(latest_only=False)) == 4
 
 
 def test_each_row_records_what_determines_it(store_path):

@@ -105,7 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(config)
     print(f"{run.protocol.name} / {run.scenario_name} / {run.method.name} {run.method.hp or ''} "
           f"seed {config.seed} / {run.model_name} ({run.checkpoint_sha256[:12]})", file=sys.stderr)
-    rows = run.execute(store, force=args.force, on_row=lambda row: print(format_row(row), flush=True))
+    fresh: list[str] = []
+
+    def show(row: dict) -> None:
+        fresh.append(row["domain"])
+        print(format_row(row), flush=True)
+
+    rows = run.execute(store, force=args.force, on_row=show)
+    stored = [r for r in rows if r["domain"] not in fresh]
+    for row in stored:
+        print(format_row(row) + "  (stored)")
+    if stored:
+        print(f"{len(stored)} of {len(rows)} domains came from the store {store.path} (--force recomputes them)",
+              file=sys.stderr)
     if args.json:
         write_json(Path(args.json), rows)
     errors = [r["error"] for r in rows if r["error"] is not None and not math.isnan(r["error"])]

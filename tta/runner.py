@@ -126,8 +126,9 @@ class Run:
         finished = set() if (store is None or force) else store.finished(self.run_key)
         settings = StreamSettings(self.batch_size, self.config.seed, self.n_examples, str(self.device))
         segments = list(self.scenario.segments(self.protocol, self.domains, settings))
-        if all(s.key in finished for s in segments):
-            return _stored_rows(store, self.run_key)
+        keys = [s.key for s in segments]
+        if all(key in finished for key in keys):
+            return _stored_rows(store, self.run_key, keys)
         torch.manual_seed(self.config.seed)
         self.model.to(self.device)
         self.method.setup(self.model)
@@ -149,9 +150,9 @@ class Run:
             rows.append(row)
             if on_row is not None:
                 on_row(row)
-        stored = _stored_rows(store, self.run_key) if store is not None else []
-        fresh = {r["domain"] for r in rows}
-        return [r for r in stored if r["domain"] not in fresh] + rows
+        by_domain = {r["domain"]: r for r in _stored_rows(store, self.run_key, keys)}
+        by_domain.update({r["domain"]: r for r in rows})
+        return [by_domain[key] for key in keys if key in by_domain]
 
     def run_segment(self, segment: Segment) -> dict[str, Any]:
         metrics = TASKS.get(self.protocol.spec.task)(self.protocol.spec.num_classes)
@@ -201,10 +202,12 @@ class Run:
         return logits
 
 
-def _stored_rows(store: ResultStore | None, run_key: str) -> list[dict[str, Any]]:
+def _stored_rows(store: ResultStore | None, run_key: str, keys: list[str]) -> list[dict[str, Any]]:
+    """The stored rows of this run's segments, in segment order."""
     if store is None:
         return []
-    return sorted((r for r in store.rows() if r["run_key"] == run_key), key=lambda r: r["domain_index"] or 0)
+    latest = {r["domain"]: r for r in store.rows() if r["run_key"] == run_key}
+    return [latest[key] for key in keys if key in latest]
 
 
 def _peak_memory_mb(device: torch.device) -> float:
