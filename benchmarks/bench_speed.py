@@ -98,13 +98,25 @@ def method_loop(method):
 
 def hand_tent_loop(model, lr: float = 1e-3):
     """The minimal Tent: train-mode BN without running stats, entropy, backward, Adam on BN affine."""
+    def use_batch_statistics(bn):
+        bn.train()
+        bn.track_running_stats = False
+        bn.running_mean = bn.running_var = None
+
+    def entropy(logits):
+        return -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+
+    return hand_loop(model, use_batch_statistics, entropy, lr)
+
+
+def hand_loop(model, prepare_bn, loss_of, lr: float):
+    """``prepare_bn(bn)`` on every BatchNorm2d, then per batch: forward, ``loss_of(logits)``,
+    backward, Adam step on the BN affine parameters only (Tent's setting)."""
     model.requires_grad_(False)
     params = []
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
-            module.train()
-            module.track_running_stats = False
-            module.running_mean = module.running_var = None
+            prepare_bn(module)
             module.weight.requires_grad_(True)
             module.bias.requires_grad_(True)
             params += [module.weight, module.bias]
@@ -112,8 +124,7 @@ def hand_tent_loop(model, lr: float = 1e-3):
 
     def loop(batches):
         for x in batches:
-            logits = model(x)
-            loss = -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+            loss = loss_of(model(x))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -123,40 +134,25 @@ def hand_tent_loop(model, lr: float = 1e-3):
 def hand_core_loop(model, alpha: float = 0.1, temperature: float = 2.5, lr: float = 1e-3):
     """The minimal Core: every BN normalizes with ``lerp(source, batch, 1 - alpha)`` statistics
     (gradients through the batch part), the MCC class-confusion loss, backward, Adam on BN affine."""
-    model.requires_grad_(False)
-    params = []
-
-    def mixed_forward(bn):
+    def mix_statistics(bn):
         def forward(x):
             var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
             mean = torch.lerp(bn.running_mean, mean, 1 - alpha)
             var = torch.lerp(bn.running_var, var, 1 - alpha)
             scale = bn.weight * torch.rsqrt(var + bn.eps)
             return x * scale.view(1, -1, 1, 1) + (bn.bias - mean * scale).view(1, -1, 1, 1)
-        return forward
+        bn.forward = forward
 
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.forward = mixed_forward(module)
-            module.weight.requires_grad_(True)
-            module.bias.requires_grad_(True)
-            params += [module.weight, module.bias]
-    optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+    def class_confusion(logits):
+        probs = (logits / temperature).softmax(1)
+        with torch.no_grad():
+            weight = 1 + torch.exp((probs * probs.clamp_min(1e-12).log()).sum(1))
+            weight = len(probs) * weight / weight.sum()
+        confusion = (probs * weight[:, None]).t() @ probs
+        confusion = confusion / confusion.sum(0, keepdim=True)
+        return (confusion.sum() - confusion.trace()) / probs.shape[1]
 
-    def loop(batches):
-        for x in batches:
-            logits = model(x)
-            probs = (logits / temperature).softmax(1)
-            with torch.no_grad():
-                weight = 1 + torch.exp((probs * probs.clamp_min(1e-12).log()).sum(1))
-                weight = len(probs) * weight / weight.sum()
-            confusion = (probs * weight[:, None]).t() @ probs
-            confusion = confusion / confusion.sum(0, keepdim=True)
-            loss = (confusion.sum() - confusion.trace()) / probs.shape[1]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return loop
+    return hand_loop(model, mix_statistics, class_confusion, lr)
 
 
 #: the hand-written loop each gradient method is compared with

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tta.models.layers import conv_bn
 from tta.models.registry import IDENTITY_MEAN, cached_weights, register_model
 from tta.registry import WEIGHTS
 
@@ -26,14 +27,10 @@ EPOCHS = 6
 BATCH = 128
 
 
-def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
 class SmokeCNN(nn.Module):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        self.features = nn.Sequential(_conv_bn(3, 16, 1), _conv_bn(16, 32, 2), _conv_bn(32, 64, 2), _conv_bn(64, 64, 1))
+        self.features = nn.Sequential(conv_bn(3, 16, 1), conv_bn(16, 32, 2), conv_bn(32, 64, 2), conv_bn(64, 64, 1))
         self.fc = nn.Linear(64, num_classes)
 
     def forward(self, x):

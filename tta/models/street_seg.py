@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tta.models.layers import conv_bn
 from tta.models.registry import IDENTITY_MEAN, cached_weights, register_model
 from tta.registry import WEIGHTS
 
@@ -31,16 +32,11 @@ EPOCHS = 6
 BATCH = 32
 
 
-def _conv_bn(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, dilation, dilation, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
-
-
 class StreetSeg(nn.Module):
     def __init__(self, num_classes: int = 7) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(_conv_bn(3, 16, 2), _conv_bn(16, 32, 2), _conv_bn(32, 48), _conv_bn(48, 48, dilation=2))
-        self.decoder = nn.Sequential(_conv_bn(48, 32), nn.Conv2d(32, num_classes, 1))
+        self.encoder = nn.Sequential(conv_bn(3, 16, 2), conv_bn(16, 32, 2), conv_bn(32, 48), conv_bn(48, 48, dilation=2))
+        self.decoder = nn.Sequential(conv_bn(48, 32), nn.Conv2d(32, num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.decoder(self.encoder(x))
