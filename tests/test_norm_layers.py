@@ -29,3 +29,36 @@ def test_alpha_bn_keeps_the_source_variance_at_batch_one():
     layer = norm_layers.MixedBatchNorm(bn, alpha=0.5)
     out = layer(torch.ones(1, 4))
     torch.testing.assert_close(out, torch.full((1, 4), 0.5 / (2.0 + 1e-5) ** 0.5))
+
+
+@pytest.mark.parametrize("shape", [(200, 16, 32, 32), (16, 16, 32, 32), (16, 64, 8, 8), (3, 5, 7, 7), (8, 6)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_batch_statistics_equal_the_float64_reference(shape, channels_last):
+    """Every kernel path (pooled pixel groups, fused channels-last, row sums) gives the biased
+    per-channel statistics; the shapes cover each path on CPU."""
+    generator = torch.Generator().manual_seed(len(shape) * 100 + shape[1])
+    x = torch.randn(shape, generator=generator) * 3 + 2
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    axes = (0, 2, 3) if x.dim() == 4 else (0,)
+    want_var, want_mean = torch.var_mean(x.double(), dim=axes, correction=0)
+    var, mean = norm_layers.batch_statistics(x)
+    torch.testing.assert_close(mean.double(), want_mean, rtol=0, atol=1e-5)
+    torch.testing.assert_close(var.double(), want_var, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(200, 16, 32, 32), (16, 32, 16, 16)])
+def test_test_batch_norm_normalizes_with_the_batch_statistics(shape):
+    bn = nn.BatchNorm2d(shape[1])
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-1.0, 1.0)
+    layer = norm_layers.TestBatchNorm(bn)
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 2 - 1).contiguous(
+        memory_format=torch.channels_last)
+    var, mean = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0, keepdim=True)
+    want = (x.double() - mean) / (var + bn.eps).sqrt() * bn.weight.double().view(1, -1, 1, 1) \
+        + bn.bias.double().view(1, -1, 1, 1)
+    with torch.inference_mode():
+        out = layer(x)
+    torch.testing.assert_close(out.double(), want, rtol=0, atol=1e-4)
