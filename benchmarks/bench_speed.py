@@ -14,7 +14,8 @@ running statistics: PyTorch's own kernel, the floor for any method that computes
 statistics); ``tent`` and ``core`` also with a
 minimal hand-written Tent loop (train-mode BN, entropy, backward, Adam step on the BN
 affine parameters), and ``core`` with a minimal hand-written Core loop (mixed statistics
-by ``var_mean`` + ``lerp``, the MCC loss, backward, Adam step). Peak memory: CUDA ``max_memory_allocated`` on GPU; on CPU the peak
+by ``var_mean`` + ``lerp``, the MCC loss, backward, Adam step). Peak memory: on GPU, CUDA ``max_memory_allocated`` above the memory allocated before
+the method runs (model, data); on CPU the peak
 resident set while the method runs above the resident set before it (Linux VmHWM, reset
 after loading), in a fresh subprocess per method so methods do not hide each other's peaks.
 """
@@ -215,13 +216,17 @@ def throughput_table(args) -> list[dict]:
 
 
 def peak_memory(args, method: str, batch_size: int) -> float:
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    if args.device.startswith("cuda"):  # peak allocated above what is resident before the method runs
         model = build_model(args.model, args.device)
         m = METHODS.get(method)()
         m.setup(model)
-        method_loop(m)(load_batches(batch_size, 4 * batch_size, args.device, args.layout))
-        return torch.cuda.max_memory_allocated() / 2**20
+        batches = load_batches(batch_size, 4 * batch_size, args.device, args.layout)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        method_loop(m)(batches)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     out = subprocess.run([sys.executable, __file__, "--child-memory", method, "--model", args.model,
                           "--batch-sizes", str(batch_size), "--layout", args.layout],
                          capture_output=True, text=True, check=True)
