@@ -29,40 +29,60 @@ from tta.data.corruptions.registry import Context, register
 
 
 def rgb_to_hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """HSV of float RGB in [0, 1] (last axis), with scikit-image's formulas and tie order.
+    """HSV planes of float RGB in [0, 1] (last axis), with scikit-image's formulas and tie order.
 
     ``V = max``, ``S = (max - min) / V`` (0 for grey), hue sector from the maximal channel (blue
-    over green over red on ties), ``H = (sector + ratio) / 6 mod 1`` (0 for grey).
+    over green over red on ties), ``H = (sector + ratio) / 6 mod 1`` (0 for grey). Works on
+    contiguous colour planes: reductions over a last axis of three are slow in NumPy.
     """
-    v = x.max(axis=-1)
-    delta = v - x.min(axis=-1)
+    r, g, b = np.moveaxis(x, -1, 0).copy()
+    v = np.maximum(np.maximum(r, g), b)
+    delta = v - np.minimum(np.minimum(r, g), b)
     grey = delta == 0
     safe = np.where(grey, 1.0, delta)
     s = np.where(grey, 0.0, delta / np.where(v == 0, 1.0, v))
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
     h = np.where(b == v, 4.0 + (r - g) / safe, np.where(g == v, 2.0 + (b - r) / safe, (g - b) / safe))
     h = np.where(grey, 0.0, (h / 6.0) % 1.0)
     return h, s, v
 
 
 def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """RGB from HSV, with scikit-image's sector formulas (p, q, t as in its ``hsv2rgb``)."""
+    """RGB (last axis) from HSV planes, with scikit-image's sector formulas.
+
+    Every channel is one of ``V, p = V (1 - S), q = V (1 - f S), t = V (1 - (1 - f) S)``,
+    computed with the same floating-point operations as scikit-image (so the same rounding);
+    the hue sector picks which.
+    """
     hi = np.floor(h * 6)
     f = h * 6 - hi
     p = v * (1 - s)
     q = v * (1 - f * s)
     t = v * (1 - (1 - f) * s)
-    sector = (hi.astype(np.uint8) % 6)[..., None]
-    table = np.stack([np.stack(c, axis=-1) for c in
-                      ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
-    return np.take_along_axis(table, sector[None], axis=0)[0]
+    sector = hi.astype(np.intp) % 6
+    return np.stack([np.choose(sector, (v, q, p, p, t, v)),
+                     np.choose(sector, (t, v, v, q, p, p)),
+                     np.choose(sector, (p, p, t, v, v, q))], axis=-1)
+
+
+#: pixels per block of :func:`hsv_adjust`: its float64 planes and temporaries stay in cache
+HSV_BLOCK = 1 << 14
+
+
+def hsv_adjust(images: np.ndarray, adjust) -> np.ndarray:
+    """``uint8(clip(hsv_to_rgb(*adjust(*rgb_to_hsv(x))), 0, 1) * 255)`` for x = images / 255,
+    block by block over the pixels (about twice as fast as whole 224x224 batches)."""
+    flat = images.reshape(-1, 3)
+    out = np.empty_like(flat)
+    for start in range(0, len(flat), HSV_BLOCK):
+        block = to_float(flat[start:start + HSV_BLOCK])
+        out[start:start + HSV_BLOCK] = to_uint8(hsv_to_rgb(*adjust(*rgb_to_hsv(block))))
+    return out.reshape(images.shape)
 
 
 @register("brightness", "digital",
           cifar=(0.05, 0.1, 0.15, 0.2, 0.3), imagenet=(0.1, 0.2, 0.3, 0.4, 0.5))
 def brightness(images: np.ndarray, c: float, ctx: Context) -> np.ndarray:
-    h, s, v = rgb_to_hsv(to_float(images))
-    return to_uint8(hsv_to_rgb(h, s, np.clip(v + c, 0, 1)))
+    return hsv_adjust(images, lambda h, s, v: (h, s, np.clip(v + c, 0, 1)))
 
 
 @register("contrast", "digital",
@@ -77,8 +97,7 @@ def contrast(images: np.ndarray, c: float, ctx: Context) -> np.ndarray:
           cifar=((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),
           imagenet=((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)))
 def saturate(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
-    h, s, v = rgb_to_hsv(to_float(images))
-    return to_uint8(hsv_to_rgb(h, np.clip(s * c[0] + c[1], 0, 1), v))
+    return hsv_adjust(images, lambda h, s, v: (h, np.clip(s * c[0] + c[1], 0, 1), v))
 
 
 def _pil_each(images: np.ndarray, op) -> np.ndarray:
