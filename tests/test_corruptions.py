@@ -527,3 +527,35 @@ def test_no_frost_source_at_all_is_a_user_error(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(UserError, match="imagecorruptions"):
         corrupt(SMALL, "frost", 1)
+
+
+@pytest.mark.parametrize("c", [500, 60, 3])
+def test_poisson_sampler_follows_the_poisson_law_at_every_level(c):
+    """The inverse-CDF sampler behind shot_noise: per uint8 level, Kolmogorov distance to
+    Poisson(level * c / 255), on one mixed batch (tails included: the bisection path runs)."""
+    from scipy.stats import poisson
+    from tta.data.corruptions.noise import poisson_of_levels
+    levels = np.repeat(np.array([0, 1, 60, 128, 255], dtype=np.uint8), 40_000)
+    draws = poisson_of_levels(np.random.default_rng(3).permutation(levels), c, np.random.default_rng(4))
+    order = np.random.default_rng(3).permutation(levels)
+    for level in (0, 1, 60, 128, 255):
+        k = draws[order == level]
+        lam = level * c / 255
+        support = np.arange(k.max() + 2)
+        empirical = np.searchsorted(np.sort(k), support, side="right") / len(k)
+        assert np.abs(empirical - poisson.cdf(support, lam)).max() < 1.6 / math.sqrt(len(k))
+        assert abs(k.mean() - lam) < 5 * math.sqrt(max(lam, 1e-9) / len(k)) + 1e-12
+
+
+@pytest.mark.parametrize("c", [500, 60, 3])
+def test_poisson_inversion_equals_a_search_of_the_cdf(c):
+    """Every draw is min{k : u < CDF(k)}: guide start, steps and bisection alike, down to the
+    far tails (u near 0 and 1) where the bisection takes over."""
+    from tta.data.corruptions.noise import GUIDE_CELLS, _invert_cdf, poisson_tables
+    cdf, guide = poisson_tables(float(c))
+    rng = np.random.default_rng(5)
+    u = np.concatenate([rng.random(20_000), 10.0 ** -rng.uniform(3, 15, 2_000),
+                        1 - 10.0 ** -rng.uniform(3, 15, 2_000), np.arange(GUIDE_CELLS) / GUIDE_CELLS])
+    rows = rng.integers(0, 256, len(u))
+    want = np.array([np.searchsorted(cdf[r], x, side="right") for r, x in zip(rows, u)])
+    np.testing.assert_array_equal(_invert_cdf(rows, u, cdf, guide), want)
