@@ -436,6 +436,20 @@ def test_non_square_and_odd_sizes_run():
         assert corrupt(odd, name, 5).shape == odd.shape, name
 
 
+def test_zoom_blur_sparse_operator_is_the_mean_of_separable_zooms():
+    from tta.data.corruptions import _ops
+    from tta.data.corruptions.blur import zoom_blur_operator
+
+    h, w, spec = 40, 45, (1, 1.31, 0.03)
+    x = np.random.default_rng(0).random((h, w))
+    expected = x.copy()
+    for z in np.arange(*spec):
+        expected += _ops.clipped_zoom_operator(h, z) @ x @ _ops.clipped_zoom_operator(w, z).T
+    expected /= len(np.arange(*spec)) + 1
+    got = (zoom_blur_operator(h, w, spec) @ x.reshape(-1)).reshape(h, w)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("bad", [("fisheye", 1), ("contrast", 0), ("contrast", 6), ("contrast", 2.0)])
 def test_bad_name_or_severity_is_a_one_line_user_error(bad):
     with pytest.raises(UserError) as info:
