@@ -450,6 +450,21 @@ def test_zoom_blur_sparse_operator_is_the_mean_of_separable_zooms():
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+def test_bilinear_reflect_matches_map_coordinates_far_outside_and_across_blocks():
+    from tta.data.corruptions.digital import bilinear_reflect
+
+    rng = np.random.default_rng(3)
+    planes = rng.random((2, 3, 7, 9), dtype=np.float32)
+    dy, dx = (rng.normal(0, 12, (2, 3, 7, 9)) * [[[[1]]], [[[0.3]]]]).astype(np.float32)
+    got = bilinear_reflect(planes, dy, dx, block_px=20)  # blocks of 2 rows: not a divisor of 3 x 7
+    for c in range(2):
+        for i in range(3):
+            yy, xx = np.mgrid[0:7, 0:9]
+            coords = [yy + dy[i].astype(np.float64), xx + dx[i].astype(np.float64)]
+            ref = ndimage.map_coordinates(planes[c, i].astype(np.float64), coords, order=1, mode="reflect")
+            np.testing.assert_allclose(got[c, i], ref, atol=1e-6)
+
+
 @pytest.mark.parametrize("bad", [("fisheye", 1), ("contrast", 0), ("contrast", 6), ("contrast", 2.0)])
 def test_bad_name_or_severity_is_a_one_line_user_error(bad):
     with pytest.raises(UserError) as info:
