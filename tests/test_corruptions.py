@@ -465,6 +465,15 @@ def test_bilinear_reflect_matches_map_coordinates_far_outside_and_across_blocks(
             np.testing.assert_allclose(got[c, i], ref, atol=1e-6)
 
 
+def test_motion_blur_blocks_and_input_dtype_do_not_change_the_result():
+    from tta.data.corruptions import _ops
+
+    images = SMALL[:, :20, :27]
+    angles = np.random.default_rng(5).uniform(-45, 45, len(images))
+    whole = _ops.motion_blur(images.astype(np.float64), 6, 2.0, angles)
+    np.testing.assert_array_equal(_ops.motion_blur(images, 6, 2.0, angles, block_bytes=1), whole)
+
+
 @pytest.mark.parametrize("bad", [("fisheye", 1), ("contrast", 0), ("contrast", 6), ("contrast", 2.0)])
 def test_bad_name_or_severity_is_a_one_line_user_error(bad):
     with pytest.raises(UserError) as info:

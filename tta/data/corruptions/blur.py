@@ -98,7 +98,7 @@ def glass_blur(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
           imagenet=((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)))
 def motion_blur(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
     angles = ctx.rng.uniform(-45, 45, size=len(images))
-    y = _ops.motion_blur(images.astype(np.float64), c[0], c[1], angles)
+    y = _ops.motion_blur(images, c[0], c[1], angles)
     return np.clip(y, 0, 255).astype(np.uint8)
 
 
