@@ -28,6 +28,12 @@ N_TEST = 200
 # glass_blur: severity 1 shuffles pixels with almost no blur (sigma 0.05), 2-3 blur more (0.25, 0.4)
 #   with the same single shuffle, which hides the shuffle.
 NOT_MONOTONE_BY_DESIGN = {"saturate", "elastic_transform", "glass_blur"}
+# On 2,000 images (2026-11-27) three more steps fell by more than two paired standard errors;
+# at N_TEST they are within noise and stay asserted:
+# snow s2->s3 (41.9 -> 37.8%: bigger but fewer flakes, zoom 1 -> 1.75, threshold 0.5 -> 0.55);
+# spatter s3->s4 (36.6 -> 31.0%: water drops give way to mud, another texture);
+# jpeg_compression s4->s5 (34.6 -> 31.9%: these test images are a JPEG export, and
+#   re-encoding at quality 40 changes them little more than at 50: mean |change| 6.3 vs 6.1 levels).
 
 
 def _model():
