@@ -75,14 +75,26 @@ def clipped_zoom_operator(n: int, factor: float) -> np.ndarray:
     return op
 
 
+def _support(op: np.ndarray) -> slice:
+    """The range of columns of ``op`` holding all its nonzeros (the crop ``clipped_zoom`` reads)."""
+    used = np.flatnonzero(op.any(axis=0))
+    return slice(int(used[0]), int(used[-1]) + 1) if len(used) else slice(0, 0)
+
+
 def clipped_zoom(x: np.ndarray, factor: float) -> np.ndarray:
-    """Apply :func:`clipped_zoom_operator` to an (N, H, W) or (N, H, W, C) float batch."""
+    """Apply :func:`clipped_zoom_operator` to an (N, H, W) or (N, H, W, C) float batch.
+
+    Only the central crop is read, so the products run over its ``H / factor`` rows and
+    ``W / factor`` columns: ``out[n] = R[:, crop] x[n][crop, crop] C[:, crop]^T``.
+    """
     rh = clipped_zoom_operator(x.shape[1], float(factor)).astype(x.dtype)
     rw = clipped_zoom_operator(x.shape[2], float(factor)).astype(x.dtype)
+    rows, cols = _support(rh), _support(rw)
+    crop = x[:, rows, cols]
     # rows: out[n, i, w, c] = sum_h rh[i, h] x[n, h, w, c]; columns likewise with rw.
-    y = np.tensordot(rh, x, axes=([1], [1]))          # (H, N, W, ...)
-    y = np.tensordot(rw, y, axes=([1], [2]))          # (W, H, N, ...)
-    return np.moveaxis(np.moveaxis(y, 2, 0), 1, 2)     # (N, W, H) -> (N, H, W)
+    y = np.tensordot(rh[:, rows], crop, axes=([1], [1]))   # (H, N, w, ...)
+    y = np.tensordot(rw[:, cols], y, axes=([1], [2]))      # (W, H, N, ...)
+    return np.moveaxis(np.moveaxis(y, 2, 0), 1, 2)          # (N, W, H) -> (N, H, W)
 
 
 def motion_kernel(radius: int, sigma: float) -> np.ndarray:

@@ -44,11 +44,42 @@ def snow(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
     layer = np.clip(layer, 0, 1)
     angles = ctx.rng.uniform(-135, -45, size=n)
     layer = _ops.motion_blur(layer, radius, blur_sigma, angles)
-    layer = (np.round(layer * 255).astype(np.uint8) / 255.0)[..., None]
-    x = to_float(images, np.float32)
-    bright = np.maximum(x, _ops.rgb_to_gray(x)[..., None] * 1.5 + 0.5)
-    x = keep * x + (1 - keep) * bright
-    return to_uint8(x + layer + layer[:, ::-1, ::-1])
+    return snow_blend(images, np.round(layer * 255).astype(np.uint8), keep)
+
+
+#: pixels per block of :func:`snow_blend` (its float planes stay in cache)
+SNOW_BLOCK = 1 << 14
+
+
+def snow_blend(images: np.ndarray, flakes: np.ndarray, keep: float) -> np.ndarray:
+    """``uint8(clip(x' + L + rot180(L), 0, 1) * 255)`` with ``L = flakes / 255`` (float64) and
+    ``x' = keep x + (1 - keep) max(x, 1.5 gray(x) + 0.5)`` in float32, x = images / 255.
+
+    Computed over blocks of about ``SNOW_BLOCK`` pixels (whole small images, or rows of one
+    image with the rotated layer read from the mirrored rows), in place where possible; the
+    lower clip is left out as every term is >= 0.
+    """
+    n, h, w = images.shape[:3]
+    out = np.empty_like(images)
+    group = max(1, SNOW_BLOCK // (h * w))  # whole small images per block, else blocks of rows
+    step = h if group > 1 else max(1, SNOW_BLOCK // w)
+    for a in range(0, n, group):
+        for top in range(0, h, step):
+            rows, mirrored = slice(top, min(top + step, h)), slice(h - min(top + step, h), h - top)
+            x = to_float(images[a:a + group, rows], np.float32)
+            gray = _ops.rgb_to_gray(x)
+            gray *= 1.5
+            gray += 0.5
+            y = np.maximum(x, gray[..., None])
+            y *= 1 - keep
+            x *= keep
+            y += x
+            y = y + flakes[a:a + group, rows, :, None] / 255.0
+            y += flakes[a:a + group, mirrored, ::-1, None][:, ::-1] / 255.0
+            np.minimum(y, 1.0, out=y)
+            y *= 255.0
+            out[a:a + group, rows] = y
+    return out
 
 
 def _fitted_textures(recipe: str, h: int, w: int) -> list[np.ndarray]:
