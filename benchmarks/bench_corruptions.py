@@ -9,7 +9,8 @@ severity (the one-time set-up the engine caches per image size and severity is l
 it is amortised over any real dataset). ``imagecorruptions`` is optional
 (``pip install imagecorruptions 'setuptools<81'``: its module imports ``pkg_resources``); a
 corruption it cannot run on this NumPy / scikit-image is reported as failing and left out of the
-overall ratio. ``--full`` regenerates all 15 x 5 x 10,000 CIFAR-10-C images with
+overall ratio. Both run on one thread (BLAS, OpenMP, OpenCV; ``TTA_BENCH_THREADS=N`` to change):
+the ratios are per core. ``--full`` regenerates all 15 x 5 x 10,000 CIFAR-10-C images with
 ``python -m tta.data.make_c`` (all cores) into a temporary folder and reports the wall time.
 """
 
@@ -25,8 +26,16 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+#: one core each, engine and reference alike (a per-core comparison); TTA_BENCH_THREADS overrides
+THREADS = os.environ.get("TTA_BENCH_THREADS", "1")
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, THREADS)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+cv2.setNumThreads(int(THREADS))
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -90,7 +99,7 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001
         ic = None
         print(f"imagecorruptions not importable ({type(exc).__name__}: {exc}); reporting ours only", file=sys.stderr)
-    print(f"cpu cores: {os.cpu_count()}, load average at start: {os.getloadavg()[0]:.2f}")
+    print(f"cpu cores: {os.cpu_count()}, threads per library: {THREADS}, load average at start: {os.getloadavg()[0]:.2f}")
     print("| corruption | ours 32 (img/s) | imagecorruptions 32 | x | ours 224 (img/s) | imagecorruptions 224 | x |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     totals = {32: [0.0, 0.0], 224: [0.0, 0.0]}
