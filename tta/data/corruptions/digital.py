@@ -28,12 +28,6 @@ from tta.data.corruptions._ops import to_float, to_uint8
 from tta.data.corruptions.registry import Context, register
 
 
-def rgb_to_hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """HSV planes of float RGB in [0, 1] (last axis): :func:`hsv_of_planes` of its colour planes
-    (reductions over a last axis of three are slow in NumPy)."""
-    return hsv_of_planes(*np.moveaxis(x, -1, 0).copy())
-
-
 def hsv_of_planes(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """HSV planes of float RGB planes in [0, 1], with scikit-image's formulas and tie order.
 
@@ -85,18 +79,13 @@ def hsv_to_planes(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> tuple[np.ndarr
     return pick(0), pick(2), pick(4)
 
 
-def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """RGB (last axis) from HSV planes (:func:`hsv_to_planes`)."""
-    return np.stack(hsv_to_planes(h, s, v), axis=-1)
-
-
 #: pixels per block of :func:`hsv_adjust`: its float64 planes (64 KiB) and temporaries stay in
 #: cache, and stay below the allocator's mmap threshold (128 KiB planes page-fault anew each time)
 HSV_BLOCK = 1 << 13
 
 
 def hsv_adjust(images: np.ndarray, adjust) -> np.ndarray:
-    """``uint8(clip(hsv_to_rgb(*adjust(*rgb_to_hsv(x))), 0, 1) * 255)`` for x = images / 255,
+    """``uint8(clip(hsv_to_planes(*adjust(*hsv_of_planes(x))), 0, 1) * 255)`` for x = images / 255,
     block by block over the pixels, on colour planes (several times faster than whole 224x224
     batches)."""
     flat = images.reshape(-1, 3)
