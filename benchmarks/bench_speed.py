@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tta.environment import resolve_device
+from tta.errors import UserError
 from tta.models import create_model, load_into
 from tta.registry import METHODS
 from tta.streams import to_tensor
@@ -295,6 +297,11 @@ def main() -> None:
                    help="batch memory layout: as the runner streams it (channels-last) or contiguous NCHW")
     p.add_argument("--child-memory", help=argparse.SUPPRESS)
     args = p.parse_args()
+    try:
+        resolve_device(args.device)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child_memory:
