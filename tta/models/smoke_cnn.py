@@ -9,14 +9,13 @@ load the cached file. Training is seeded, so every machine builds the same task.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tta.models.builtin_training import train_in_memory
 from tta.models.layers import conv_bn
 from tta.models.registry import IDENTITY_MEAN, cached_weights, register_model
 from tta.registry import WEIGHTS
@@ -53,26 +52,12 @@ def train_smoke_cnn(seed: int = 0) -> dict[str, torch.Tensor]:
     from tta.data.synthetic import generate
     from tta.models.registry import create_model
 
-    started = time.perf_counter()
     print("training the smoke benchmark's source model once (about a minute; cached afterwards)", file=sys.stderr)
     torch.manual_seed(seed)
     images, labels = generate(TRAIN_EXAMPLES, seed=seed)
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
     y_all = torch.from_numpy(labels)
     model = create_model("smoke_cnn", num_classes=10)
-    steps = EPOCHS * (len(x_all) // BATCH)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=steps)
-    order_rng = np.random.default_rng(seed)
-    model.train()
-    for _ in range(EPOCHS):
-        order = torch.from_numpy(order_rng.permutation(len(x_all)))
-        for start in range(0, len(order) - BATCH + 1, BATCH):
-            idx = order[start:start + BATCH]
-            loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    print(f"smoke model trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return model.net.state_dict()
+    return train_in_memory(model, x_all, y_all, optimizer=optimizer, max_lr=0.1, epochs=EPOCHS, batch=BATCH,
+                           seed=seed, label="smoke model")

@@ -14,14 +14,13 @@ weights under ``<cache>/weights/``; training is seeded, so every machine builds 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tta.models.builtin_training import train_in_memory
 from tta.models.layers import conv_bn
 from tta.models.registry import IDENTITY_MEAN, cached_weights, register_model
 from tta.registry import WEIGHTS
@@ -59,29 +58,17 @@ def train_street_seg(seed: int = 0) -> dict[str, torch.Tensor]:
     from tta.data.street_scenes import CLASSES, generate
     from tta.models.registry import create_model
 
-    started = time.perf_counter()
     print("training the street-scene segmenter once (about a minute; cached afterwards)", file=sys.stderr)
     torch.manual_seed(seed)
     images, labels, _ = generate(TRAIN_EXAMPLES, seed=seed, style="synthetic")
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
     y_all = torch.from_numpy(labels).long()
     model = create_model("street_seg", num_classes=len(CLASSES))
-    steps = EPOCHS * (len(x_all) // BATCH)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=5e-3, total_steps=steps)
-    rng = np.random.default_rng(seed)
-    model.train()
-    for _ in range(EPOCHS):
-        order = torch.from_numpy(rng.permutation(len(x_all)))
-        for start in range(0, len(order) - BATCH + 1, BATCH):
-            idx = order[start:start + BATCH]
-            x, y = x_all[idx], y_all[idx]
-            if rng.random() < 0.5:
-                x, y = x.flip(-1), y.flip(-1)
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    print(f"street-scene segmenter trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return model.net.state_dict()
+    return train_in_memory(model, x_all, y_all, optimizer=optimizer, max_lr=5e-3, epochs=EPOCHS, batch=BATCH,
+                           seed=seed, label="street-scene segmenter", augment=_random_flip)
+
+
+def _random_flip(x: torch.Tensor, y: torch.Tensor, rng) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontal flip of image and label map together, with probability 1/2 per batch."""
+    return (x.flip(-1), y.flip(-1)) if rng.random() < 0.5 else (x, y)
