@@ -25,8 +25,11 @@ from tta.errors import UserError
 
 #: channels-last statistics are taken over rows at least this wide (see :func:`_channels_last_statistics`)
 STATS_ROW_WIDTH = 128
+#: ... when a pixel's channels fill at most this many floats of a row (wider pixels vectorize
+#: well enough in the fused kernel that pooling the groups costs more than it saves) ...
+GROUPED_STATS_MAX_CHANNELS = 16
 #: ... for CPU tensors at least this large; below, the fixed cost of pooling the groups outweighs the gain
-GROUPED_STATS_MIN_NUMEL = 2**21
+GROUPED_STATS_MIN_NUMEL = 2**20
 
 
 def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,16 +86,21 @@ def _channels_last_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def _grouped_statistics_pay(x: torch.Tensor) -> bool:
-    """Whether :func:`_channels_last_statistics` should pool pixel groups for ``x``: on CPU, few
-    channels, a large tensor, and a pixel count divisible by the group size.
+    """Whether :func:`_channels_last_statistics` should pool pixel groups for ``x``: on CPU, at
+    most 16 channels, a tensor of at least 2^20 values, and a pixel count divisible by the
+    group size.
 
-    Thresholds measured on a 2-core x86 CPU with ResNet-20 (``benchmarks/bench_speed.py``):
-    a (200, 16, 32, 32) input takes 0.27 ms grouped against 0.81 ms ungrouped; at
-    (16, 64, 8, 8) grouping costs twice as much.
+    Measured on a 2-core x86 CPU. Statistics alone: (200, 16, 32, 32) 0.27 ms grouped against
+    0.81 ms. One TestBatchNorm layer, grouped against PyTorch's fused kernel: (64, 16, 32, 32)
+    289 against 417 us, but (64, 32, 16, 16) 168 against 156 us, (200, 32, 16, 16) 678 against
+    455 us and (16, 64, 8, 8) 58 against 30 us. Whole ResNet-20 with test statistics (medians
+    of 5 interleaved runs): grouping its 16-channel layers is 1.6% faster at batch 64 but 2.4%
+    slower at batch 16 (2^18 values), although that layer alone measures 111 against 119 us.
     """
-    groups = STATS_ROW_WIDTH // x.shape[1]
-    return (x.device.type == "cpu" and groups >= 2 and x.numel() >= GROUPED_STATS_MIN_NUMEL
-            and (x.numel() // x.shape[1]) % groups == 0)
+    channels = x.shape[1]
+    groups = STATS_ROW_WIDTH // channels
+    return (x.device.type == "cpu" and channels <= GROUPED_STATS_MAX_CHANNELS
+            and x.numel() >= GROUPED_STATS_MIN_NUMEL and (x.numel() // channels) % groups == 0)
 
 
 class StatsNorm(nn.Module):
