@@ -7,6 +7,9 @@ All act on x = image / 255 in [0, 1] and end with ``uint8(clip(y, 0, 1) * 255)``
 * impulse_noise:  salt-and-pepper (scikit-image ``random_noise(mode="s&p", amount=c)``): each
   pixel-channel is replaced with probability c, by 1 or 0 with equal probability
 * speckle_noise:  ``y = x + x * N(0, c^2)`` (multiplicative)
+
+Gaussian and speckle noise draw their normals by Box-Muller (:mod:`.normal`), in float32 as the
+noise is added.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from functools import lru_cache
 import numpy as np
 
 from tta.data.corruptions._ops import to_float, to_uint8
+from tta.data.corruptions.normal import standard_normal_float32
 from tta.data.corruptions.registry import Context, register
 
 
@@ -23,7 +27,9 @@ from tta.data.corruptions.registry import Context, register
           cifar=(0.04, 0.06, 0.08, 0.09, 0.10), imagenet=(0.08, 0.12, 0.18, 0.26, 0.38))
 def gaussian_noise(images: np.ndarray, c: float, ctx: Context) -> np.ndarray:
     x = to_float(images, np.float32)
-    x += np.float32(c) * ctx.rng.standard_normal(x.shape, dtype=np.float32)
+    noise = standard_normal_float32(ctx.rng, x.shape)
+    noise *= np.float32(c)
+    x += noise
     return to_uint8(x)
 
 
@@ -113,5 +119,8 @@ def impulse_noise(images: np.ndarray, c: float, ctx: Context) -> np.ndarray:
           cifar=(0.06, 0.10, 0.12, 0.16, 0.20), imagenet=(0.15, 0.20, 0.35, 0.45, 0.60))
 def speckle_noise(images: np.ndarray, c: float, ctx: Context) -> np.ndarray:
     x = to_float(images, np.float32)
-    x += x * (np.float32(c) * ctx.rng.standard_normal(x.shape, dtype=np.float32))
+    noise = standard_normal_float32(ctx.rng, x.shape)
+    noise *= np.float32(c)
+    noise *= x
+    x += noise
     return to_uint8(x)
