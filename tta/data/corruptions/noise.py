@@ -107,11 +107,11 @@ def shot_noise(images: np.ndarray, c: float, ctx: Context) -> np.ndarray:
 @register("impulse_noise", "noise",
           cifar=(0.01, 0.02, 0.03, 0.05, 0.07), imagenet=(0.03, 0.06, 0.09, 0.17, 0.27))
 def impulse_noise(images: np.ndarray, c: float, ctx: Context) -> np.ndarray:
-    out = images.copy()
-    flipped = ctx.rng.random(images.shape, dtype=np.float32) < c
-    salted = ctx.rng.random(images.shape, dtype=np.float32) < 0.5
-    out[flipped & salted] = 255
-    out[flipped & ~salted] = 0
+    """One uniform ``u`` per value: ``u < c/2`` salt (255), ``c/2 <= u < c`` pepper (0), the
+    rest kept; the same law as a replacement draw followed by a fair salt-or-pepper draw."""
+    u = ctx.rng.random(images.shape, dtype=np.float32)
+    out = np.where(u < np.float32(c), np.uint8(0), images)
+    np.putmask(out, u < np.float32(c / 2), np.uint8(255))
     return out
 
 
