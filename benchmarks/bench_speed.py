@@ -3,6 +3,7 @@
     python benchmarks/bench_speed.py                      # ResNet-20, CPU, batch 200 and 16
     python benchmarks/bench_speed.py --model wrn28_10 --device cuda
     python benchmarks/bench_speed.py --stream-all         # + wall time of all 15 CIFAR-10-C corruptions
+    python benchmarks/bench_speed.py --compile            # every loop's model under torch.compile
 
 Protocol of measurement: the same in-memory float batches for every loop; within each
 repetition the loops take turns batch by batch (the order rotating), so a slow spell of
@@ -18,6 +19,8 @@ by ``var_mean`` + ``lerp``, the MCC loss, backward, Adam step). Peak memory: on 
 the method runs (model, data); on CPU the peak
 resident set while the method runs above the resident set before it (Linux VmHWM, reset
 after loading), in a fresh subprocess per method so methods do not hide each other's peaks.
+With ``--compile`` every model (bare, the method's, the hand-written ones) goes through
+``torch.compile`` as ``tta.run --compile`` does it, and is compiled during the warm-up.
 """
 
 from __future__ import annotations
@@ -109,17 +112,17 @@ def method_loop(method):
     return loop
 
 
-def hand_bn_adapt_loop(model):
+def hand_bn_adapt_loop(model, wrap=lambda m: m):
     """The minimal test-statistics model: BatchNorm in training mode without running statistics."""
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.train()
             module.track_running_stats = False
             module.running_mean = module.running_var = None
-    return bare_loop(model)
+    return bare_loop(wrap(model))
 
 
-def hand_tent_loop(model, lr: float = 1e-3):
+def hand_tent_loop(model, wrap=lambda m: m, lr: float = 1e-3):
     """The minimal Tent: train-mode BN without running stats, entropy, backward, Adam on BN affine."""
     def use_batch_statistics(bn):
         bn.train()
@@ -129,12 +132,12 @@ def hand_tent_loop(model, lr: float = 1e-3):
     def entropy(logits):
         return -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
 
-    return hand_loop(model, use_batch_statistics, entropy, lr)
+    return hand_loop(model, use_batch_statistics, entropy, lr, wrap)
 
 
-def hand_loop(model, prepare_bn, loss_of, lr: float):
-    """``prepare_bn(bn)`` on every BatchNorm2d, then per batch: forward, ``loss_of(logits)``,
-    backward, Adam step on the BN affine parameters only (Tent's setting)."""
+def hand_loop(model, prepare_bn, loss_of, lr: float, wrap):
+    """``prepare_bn(bn)`` on every BatchNorm2d, then per batch: forward of ``wrap(model)``,
+    ``loss_of(logits)``, backward, Adam step on the BN affine parameters only (Tent's setting)."""
     model.requires_grad_(False)
     params = []
     for module in model.modules():
@@ -144,17 +147,18 @@ def hand_loop(model, prepare_bn, loss_of, lr: float):
             module.bias.requires_grad_(True)
             params += [module.weight, module.bias]
     optimizer = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+    net = wrap(model)
 
     def loop(batches):
         for x in batches:
-            loss = loss_of(model(x))
+            loss = loss_of(net(x))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
     return loop
 
 
-def hand_core_loop(model, alpha: float = 0.1, temperature: float = 2.5, lr: float = 1e-3):
+def hand_core_loop(model, wrap=lambda m: m, alpha: float = 0.1, temperature: float = 2.5, lr: float = 1e-3):
     """The minimal Core: every BN normalizes with ``lerp(source, batch, 1 - alpha)`` statistics
     (gradients through the batch part), the MCC class-confusion loss, backward, Adam on BN affine."""
     def mix_statistics(bn):
@@ -175,27 +179,33 @@ def hand_core_loop(model, alpha: float = 0.1, temperature: float = 2.5, lr: floa
         confusion = confusion / confusion.sum(0, keepdim=True)
         return (confusion.sum() - confusion.trace()) / probs.shape[1]
 
-    return hand_loop(model, mix_statistics, class_confusion, lr)
+    return hand_loop(model, mix_statistics, class_confusion, lr, wrap)
 
 
 #: the hand-written loop each method is compared with (tent's also serves core)
 HAND_LOOPS = {"bn_adapt": hand_bn_adapt_loop, "tent": hand_tent_loop, "core": hand_core_loop}
 
 
+def model_wrapper(args):
+    """``torch.compile`` under ``--compile``, else the model itself."""
+    return torch.compile if args.compile else (lambda model: model)
+
+
 def throughput_table(args) -> list[dict]:
     rows = []
+    wrap = model_wrapper(args)
     methods = [m for m in (args.methods or (*FORWARD_ONLY, *GRADIENT)) if m in METHODS]
     for batch_size in args.batch_sizes:
         batches = load_batches(batch_size, args.n_images, args.device, args.layout)
         for name in methods:
-            bare_model = build_model(args.model, args.device)
-            adapted = build_model(args.model, args.device)
+            bare_model = wrap(build_model(args.model, args.device))
             method = METHODS.get(name)()
-            method.setup(adapted)
+            method.setup(build_model(args.model, args.device))
+            method.model = wrap(method.model)  # as tta.runner does under --compile
             loops = {"bare": bare_loop(bare_model), "method": method_loop(method)}
             hands = [h for h in (name, "tent" if name in GRADIENT else None) if h in HAND_LOOPS]
             for hand in dict.fromkeys(hands):
-                loops[f"hand_{hand}"] = HAND_LOOPS[hand](build_model(args.model, args.device))
+                loops[f"hand_{hand}"] = HAND_LOOPS[hand](build_model(args.model, args.device), wrap)
             for loop in loops.values():  # warm-up
                 loop(batches[:2])
             speeds = {k: [] for k in loops}
@@ -203,7 +213,7 @@ def throughput_table(args) -> list[dict]:
                 for key, speed in interleaved_speeds(loops, batches, args.device).items():
                     speeds[key].append(speed)
                 method.reset()
-            row = {"model": args.model, "device": args.device, "batch": batch_size, "method": name,
+            row = {"model": args.model, "device": args.device, "compiled": args.compile, "batch": batch_size, "method": name,
                    "images_per_s": statistics.median(speeds["method"]),
                    "bare_images_per_s": statistics.median(speeds["bare"]),
                    "ratio_vs_bare": statistics.median(m / b for m, b in zip(speeds["method"], speeds["bare"]))}
@@ -223,6 +233,10 @@ def peak_memory(args, method: str, batch_size: int) -> float:
         m = METHODS.get(method)()
         m.setup(model)
         batches = load_batches(batch_size, 4 * batch_size, args.device, args.layout)
+        if args.compile:  # compile first: the compiler's memory is not the method's
+            m.model = torch.compile(m.model)
+            method_loop(m)(batches[:1])
+            m.reset()
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -230,7 +244,7 @@ def peak_memory(args, method: str, batch_size: int) -> float:
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
     out = subprocess.run([sys.executable, __file__, "--child-memory", method, "--model", args.model,
-                          "--batch-sizes", str(batch_size), "--layout", args.layout],
+                          "--batch-sizes", str(batch_size), "--layout", args.layout] + ["--compile"] * args.compile,
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -252,6 +266,10 @@ def child_memory(args) -> None:
     batches = load_batches(args.batch_sizes[0], 4 * args.batch_sizes[0], "cpu", args.layout)
     method = METHODS.get(args.child_memory)()
     method.setup(model)
+    if args.compile:  # compile first: the compiler's memory is not the method's
+        method.model = torch.compile(method.model)
+        method_loop(method)(batches[:1])
+        method.reset()
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_kib("VmRSS")
     method_loop(method)(batches)
@@ -295,6 +313,7 @@ def main() -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--layout", choices=tuple(LAYOUTS), default="runner",
                    help="batch memory layout: as the runner streams it (channels-last) or contiguous NCHW")
+    p.add_argument("--compile", action="store_true", help="torch.compile every loop's model (as tta.run --compile)")
     p.add_argument("--child-memory", help=argparse.SUPPRESS)
     args = p.parse_args()
     try:
