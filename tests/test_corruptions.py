@@ -450,6 +450,22 @@ def test_zoom_blur_sparse_operator_is_the_mean_of_separable_zooms():
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape,sigma,separable", [((2, 96, 80), 1.7, True), ((1, 224, 224), 2.44, True),
+                                                   ((2, 96, 80), 9.0, False), ((3, 32, 32), 1.28, False),
+                                                   ((1, 64, 64), 170.8, False)])
+def test_smoothed_fields_equal_scipy_gaussian_filter_on_both_paths(shape, sigma, separable):
+    """Elastic's displacement smoothing: separable per image (narrow kernel, large image) or as
+    two matrix products (wide kernel or small images), both SciPy's reflected filter."""
+    from tta.data.corruptions import _ops
+
+    assert _ops._separable_pays(shape[1], shape[2], _ops.gaussian_radius(sigma, 3.0)) == separable
+    fields = np.random.default_rng(4).uniform(-1, 1, shape).astype(np.float32)
+    want = ndimage.gaussian_filter(fields.astype(np.float64), (0, sigma, sigma), mode="reflect", truncate=3.0)
+    got = _ops.gaussian_spatial_matrix(fields, sigma, "reflect", 3.0)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-7)
+
+
 def test_bilinear_reflect_matches_map_coordinates_far_outside_and_across_blocks():
     from tta.data.corruptions.digital import bilinear_reflect
 

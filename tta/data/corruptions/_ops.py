@@ -34,6 +34,36 @@ def gaussian_spatial(x: np.ndarray, sigma: float, mode: str = "nearest", truncat
     return ndimage.gaussian_filter(x, sigmas, mode=mode, truncate=truncate)
 
 
+def gaussian_radius(sigma: float, truncate: float) -> int:
+    """SciPy's kernel radius: ``int(truncate * sigma + 0.5)``."""
+    return int(truncate * float(sigma) + 0.5)
+
+
+#: per-image separable filtering pays from this image side on ...
+SEPARABLE_MIN_SIDE = 64
+
+
+def _separable_pays(h: int, w: int, radius: int) -> bool:
+    """... when the kernel spans at most a quarter of the smaller side. Measured, one thread,
+    float32 224x224 fields: sigma 2.44 (15 taps) 0.17 ms separable against 0.98 ms as matrices,
+    sigma 19.5 (119 taps) 1.72 against 0.97; 32x32 fields, 7 taps: 10 us against 3 us."""
+    return min(h, w) >= SEPARABLE_MIN_SIDE and 2 * radius + 1 <= min(h, w) // 4
+
+
+def gaussian_spatial_separable(x: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
+    """:func:`gaussian_spatial` in mode "reflect" on an (N, H, W) batch, one OpenCV separable
+    filter per image, with SciPy's kernel ``exp(-t^2 / 2 sigma^2)``, t = -r..r, normalized
+    (OpenCV's BORDER_REFLECT repeats the edge sample, as SciPy's "reflect")."""
+    radius = gaussian_radius(sigma, truncate)
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 / float(sigma) ** 2 * t * t)
+    kernel = (kernel / kernel.sum()).astype(x.dtype)
+    out = np.empty_like(x)
+    for i in range(len(x)):
+        cv2.sepFilter2D(x[i], -1, kernel, kernel, dst=out[i], borderType=cv2.BORDER_REFLECT)
+    return out
+
+
 @lru_cache(maxsize=64)
 def gaussian_operator(n: int, sigma: float, mode: str, truncate: float) -> np.ndarray:
     """The n x n matrix G with ``gaussian_filter1d(v, sigma) == G @ v`` (SciPy's own filter on e_j)."""
@@ -46,11 +76,14 @@ def gaussian_spatial_matrix(x: np.ndarray, sigma: float, mode: str, truncate: fl
     ``out[n] = G_H x[n] G_W^T``, computed in the dtype of x (float32 or float64); the column
     product is one (N H, W) x (W, W) GEMM. Used where the kernel is wider than the image
     (ImageNet elastic: sigma 170 px on 224 px), where direct convolution would cost ~1000 taps
-    per pixel.
+    per pixel, and for batches of small images. Large images with a narrow reflected kernel
+    take :func:`gaussian_spatial_separable` instead.
     """
     if sigma <= 1e-15:
         return x.copy()
     n, h, w = x.shape
+    if mode == "reflect" and _separable_pays(h, w, gaussian_radius(sigma, truncate)):
+        return gaussian_spatial_separable(x, sigma, truncate)
     gh = gaussian_operator(h, float(sigma), mode, float(truncate)).astype(x.dtype, copy=False)
     gw = gaussian_operator(w, float(sigma), mode, float(truncate)).astype(x.dtype, copy=False)
     rows = (x.reshape(n * h, w) @ gw.T).reshape(n, h, w)
