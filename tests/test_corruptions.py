@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from tta.data.corruption_names import ALL_CORRUPTIONS, SEVERITIES
 from tta.data.corruptions import REGISTRY, corrupt, parameter
+from tta.data.corruptions.normal import normal_layer
 from tta.errors import UserError
 
 
@@ -230,7 +231,7 @@ def ref_fog(img, c, rng):
 
 def ref_snow(img, c, rng):
     x = np.array(img, dtype=np.float32) / 255.0
-    layer = rng.normal(c[0], c[1], size=(1,) + x.shape[:2])[0]
+    layer = normal_layer(rng, c[0], c[1], x.shape[:2])  # the engine's draws (tested in test_corruptions_normal)
     layer = ref_clipped_zoom(layer, c[2])
     layer[layer < c[3]] = 0
     layer = np.clip(layer, 0, 1)
@@ -458,12 +459,24 @@ def test_smoothed_fields_equal_scipy_gaussian_filter_on_both_paths(shape, sigma,
     two matrix products (wide kernel or small images), both SciPy's reflected filter."""
     from tta.data.corruptions import _ops
 
-    assert _ops._separable_pays(shape[1], shape[2], _ops.gaussian_radius(sigma, 3.0)) == separable
+    assert _ops.separable_pays(shape[1], shape[2], _ops.gaussian_radius(sigma, 3.0)) == separable
     fields = np.random.default_rng(4).uniform(-1, 1, shape).astype(np.float32)
     want = ndimage.gaussian_filter(fields.astype(np.float64), (0, sigma, sigma), mode="reflect", truncate=3.0)
     got = _ops.gaussian_spatial_matrix(fields, sigma, "reflect", 3.0)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-7)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "reflect"])
+def test_separable_smoothing_of_a_float64_layer_equals_scipy(mode):
+    """Spatter's liquid layer (float64, SciPy "nearest", truncate 4) on the per-image OpenCV path."""
+    from tta.data.corruptions import _ops
+
+    layer = np.random.default_rng(6).normal(0.65, 0.3, (2, 90, 70))
+    want = ndimage.gaussian_filter(layer, (0, 3.0, 3.0), mode=mode, truncate=4.0)
+    got = _ops.gaussian_spatial_separable(layer, 3.0, 4.0, mode)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
 
 
 def test_bilinear_reflect_matches_map_coordinates_far_outside_and_across_blocks():
@@ -538,7 +551,7 @@ def test_frost_with_fixed_draws(recipe, images, severity):
 
 def ref_spatter(img, c, rng):
     x = np.array(img, dtype=np.float32) / 255.0
-    liquid = rng.normal(c[0], c[1], size=(1,) + x.shape[:2])[0]
+    liquid = normal_layer(rng, c[0], c[1], x.shape[:2])
     liquid = ndimage.gaussian_filter(liquid, c[2], mode="nearest")
     liquid[liquid < c[3]] = 0
     if c[5] == 0:

@@ -1,5 +1,5 @@
-"""Float32 Gaussian draws for the noise corruptions, by the Box-Muller transform (Box &
-Muller, 1958).
+"""Gaussian draws for the corruptions, by the Box-Muller transform (Box & Muller, 1958), in
+float32.
 
 For independent uniforms ``u1`` in (0, 1] and ``u2`` in [0, 1),
 
@@ -7,10 +7,10 @@ For independent uniforms ``u1`` in (0, 1] and ``u2`` in [0, 1),
 
 are independent standard normals. NumPy vectorizes float32 ``log``, ``sin`` and ``cos``, so
 this takes 0.49 ms per 224x224x3 image against 1.29 ms for ``Generator.standard_normal``
-(a scalar ziggurat loop), which was the whole cost of gaussian and speckle noise. (In float64
-the same transform is twice as slow as the ziggurat, so the corruptions whose reference
-replays ``rng.normal`` draws keep it.) The draws are seeded by the same ``Generator`` and
-deterministic; the stream differs from ``standard_normal``'s.
+(a scalar ziggurat loop), which was the whole cost of gaussian and speckle noise. In float64
+the same transform is twice as slow as the ziggurat, so the float64 layers of snow and
+spatter take float32 draws too (:func:`normal_layer`). The draws are seeded by the same
+``Generator`` and deterministic; the stream differs from ``standard_normal``'s.
 
 Float32 uniforms carry 24 random bits, so ``|z| <= sqrt(48 ln 2)``, about 5.77 (the normal
 mass beyond is 8e-9).
@@ -50,3 +50,12 @@ def standard_normal_float32(rng: np.random.Generator, shape: tuple[int, ...]) ->
         cosines *= r
         sines *= r
     return out[:n].reshape(shape)
+
+
+def normal_layer(rng: np.random.Generator, loc: float, scale: float, shape: tuple[int, ...]) -> np.ndarray:
+    """``loc + scale * z`` in float64, z from :func:`standard_normal_float32`: a random layer of
+    N(loc, scale^2) values as snow and spatter draw it, at a third of ``Generator.normal``'s cost."""
+    layer = standard_normal_float32(rng, shape).astype(np.float64)
+    layer *= scale
+    layer += loc
+    return layer

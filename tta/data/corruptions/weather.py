@@ -22,6 +22,7 @@ import numpy as np
 
 from tta.data.corruptions import _ops
 from tta.data.corruptions._ops import to_float, to_uint8
+from tta.data.corruptions.normal import normal_layer
 from tta.data.corruptions.registry import Context, register
 from tta.data.corruptions.textures import frost_textures
 
@@ -38,7 +39,7 @@ FROST_CHOICES = 5  # the reference draws randint(5): frost6.jpg is never used
 def snow(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
     mu, s, zoom, threshold, radius, blur_sigma, keep = c
     n, h, w = images.shape[:3]
-    layer = ctx.rng.normal(mu, s, size=(n, h, w))
+    layer = normal_layer(ctx.rng, mu, s, (n, h, w))
     layer = _ops.clipped_zoom(layer, float(zoom))
     layer[layer < threshold] = 0
     layer = np.clip(layer, 0, 1)
@@ -150,8 +151,11 @@ def _water_texture(liquid8: np.ndarray) -> np.ndarray:
 def spatter(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
     mu, s, sigma, threshold, strength, mud = c
     n, h, w = images.shape[:3]
-    liquid = ctx.rng.normal(mu, s, size=(n, h, w))
-    liquid = _ops.gaussian_spatial(liquid, sigma)
+    liquid = normal_layer(ctx.rng, mu, s, (n, h, w))
+    if _ops.separable_pays(h, w, _ops.gaussian_radius(sigma, 4.0)):  # a random field: summation order is immaterial
+        liquid = _ops.gaussian_spatial_separable(liquid, sigma, 4.0, "nearest")
+    else:
+        liquid = _ops.gaussian_spatial(liquid, sigma)
     liquid[liquid < threshold] = 0
     if mud:
         m = _ops.gaussian_spatial((liquid > threshold).astype(np.float32), strength)
@@ -165,6 +169,8 @@ def spatter(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
     for i in range(n):
         m[i] = liquid8[i] * _water_texture(liquid8[i])
     peak = m.max(axis=(1, 2), keepdims=True)
-    m = np.divide(m, peak, out=np.zeros_like(m), where=peak > 0) * np.float32(strength)
-    x = to_float(images, np.float32)
-    return to_uint8(x + m[..., None] * _WATER)
+    m /= np.where(peak > 0, peak, np.float32(1))  # m >= 0, so an image without water stays 0
+    m *= np.float32(strength)
+    y = m[..., None] * _WATER
+    y += to_float(images, np.float32)
+    return to_uint8(y)
