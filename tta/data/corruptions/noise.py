@@ -100,8 +100,10 @@ def _invert_cdf(rows: np.ndarray, u: np.ndarray, cdf: np.ndarray, guide: np.ndar
 @register("shot_noise", "noise",
           cifar=(500, 250, 100, 75, 50), imagenet=(60, 25, 12, 5, 3))
 def shot_noise(images: np.ndarray, c: float, ctx: Context) -> np.ndarray:
-    """``y = Poisson(c x) / c``; the photon counts are drawn by :func:`poisson_of_levels`."""
-    return to_uint8(poisson_of_levels(images, c, ctx.rng) / float(c))
+    """``y = Poisson(c x) / c``; the photon counts are drawn by :func:`poisson_of_levels`, and
+    mapped to 8 bits through a table of ``uint8(clip(k / c, 0, 1) * 255)`` over every count k."""
+    counts = np.arange(poisson_tables(float(c))[0].shape[1])
+    return np.take(to_uint8(counts / float(c)), poisson_of_levels(images, c, ctx.rng))
 
 
 @register("impulse_noise", "noise",
