@@ -494,13 +494,20 @@ def test_bilinear_reflect_matches_map_coordinates_far_outside_and_across_blocks(
             np.testing.assert_allclose(got[c, i], ref, atol=1e-6)
 
 
-def test_motion_blur_blocks_and_input_dtype_do_not_change_the_result():
+@pytest.mark.parametrize("channels", [(3,), ()])
+def test_motion_blur_blocks_paths_and_input_dtype_do_not_change_the_result(channels):
+    """Blocks of images, one image per block, and the per-image flat path sum the same terms."""
     from tta.data.corruptions import _ops
 
-    images = SMALL[:, :20, :27]
-    angles = np.random.default_rng(5).uniform(-45, 45, len(images))
-    whole = _ops.motion_blur(images.astype(np.float64), 6, 2.0, angles)
-    np.testing.assert_array_equal(_ops.motion_blur(images, 6, 2.0, angles, block_bytes=1), whole)
+    images = np.concatenate([SMALL, SMALL[:, ::-1], SMALL[:, :, ::-1]])[:, :20, :27]
+    images = images if channels else images[..., 0]
+    angles = np.concatenate([[-45.0, 45.0, 0.0, -90.0, 90.0, 180.0],
+                             np.random.default_rng(5).uniform(-180, 180, len(images) - 6)])
+    whole = _ops.motion_blur(images.astype(np.float64), 6, 2.0, angles, image_bytes=1 << 40)
+    np.testing.assert_array_equal(_ops.motion_blur(images, 6, 2.0, angles, block_bytes=1, image_bytes=1 << 40), whole)
+    np.testing.assert_array_equal(_ops.motion_blur(images, 6, 2.0, angles, image_bytes=0), whole)
+    np.testing.assert_array_equal(_ops.motion_blur(images, 12, 5.0, angles, image_bytes=0),
+                                  _ops.motion_blur(images, 12, 5.0, angles, image_bytes=1 << 40))
 
 
 @pytest.mark.parametrize("bad", [("fisheye", 1), ("contrast", 0), ("contrast", 6), ("contrast", 2.0)])

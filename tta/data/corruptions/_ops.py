@@ -145,7 +145,7 @@ def motion_kernel(radius: int, sigma: float) -> np.ndarray:
 
 
 def motion_blur(x: np.ndarray, radius: int, sigma: float, angles_deg: np.ndarray,
-                block_bytes: int = 1 << 20) -> np.ndarray:
+                block_bytes: int = 1 << 20, image_bytes: int = 1 << 18) -> np.ndarray:
     """Batched wand-free motion blur (the ``imagecorruptions`` 1.1 reproduction of ImageMagick's).
 
     For image n with angle a_n: ``out = sum_i k_i * x[clip(r + dy_i), clip(c + dx_i)]`` over
@@ -153,13 +153,20 @@ def motion_blur(x: np.ndarray, radius: int, sigma: float, angles_deg: np.ndarray
     and the clip replicates the border pixels; a tap whose shift leaves the image ends the sum.
     Accumulated in float64 in tap order (any input dtype), over blocks of images sorted by angle,
     each about ``block_bytes`` of output, so that a block stays in cache for all its taps.
+    Images of ``image_bytes`` of output or more are blurred one by one by
+    :func:`_motion_blur_image` instead (224x224: 2.5 against 3.9 ms per RGB image, 2.4 against
+    3.1 ms per snow layer).
     """
     n = x.shape[0]
     k = motion_kernel(radius, sigma)
     rad = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    result = np.empty(x.shape, dtype=np.float64)
+    if x[0].size * 8 >= image_bytes:
+        for i in range(n):
+            result[i] = _motion_blur_image(x[i], k, rad[i])
+        return result
     order = np.argsort(rad, kind="stable")  # sorted by angle, equal shifts form contiguous runs
     step = max(1, block_bytes // (x[0].size * 8))
-    result = np.empty(x.shape, dtype=np.float64)
     for a in range(0, n, step):
         images = order[a:a + step]
         result[images] = _motion_blur_block(x[images], k, rad[images])
@@ -189,6 +196,38 @@ def _motion_blur_block(x: np.ndarray, k: np.ndarray, rad: np.ndarray) -> np.ndar
             np.multiply(padded[a:b, top:top + h, left:left + w], weight, out=term[a:b])
             out[a:b] += term[a:b]
     return out
+
+
+def _motion_blur_image(x: np.ndarray, k: np.ndarray, rad: float) -> np.ndarray:
+    """:func:`motion_blur` of one (H, W[, C]) image, every tap a contiguous slice.
+
+    The image is edge-padded by its largest shifts (plus one row above and below) and the sum
+    runs over whole padded rows, ``acc[J] += k_i * flat[J + offset_i]``: the shift of a tap is
+    one offset in the flattened padding, so both operands are contiguous (a strided window reads
+    at half the speed). The padding columns of ``acc`` are cut off at the end; the sums of the
+    image's own pixels are those of :func:`_motion_blur_block`, term for term.
+    """
+    h, w = x.shape[:2]
+    shifts = []
+    for i in range(len(k)):
+        dy, dx = -int(np.ceil(i * np.sin(rad) - 0.5)), -int(np.ceil(i * np.cos(rad) - 0.5))
+        if abs(dy) >= h or abs(dx) >= w:
+            break
+        shifts.append((dy, dx))
+    dys, dxs = [s[0] for s in shifts], [s[1] for s in shifts]
+    top, bottom = max(0, max(dys)) + 1, max(0, -min(dys)) + 1
+    left, right = max(0, max(dxs)), max(0, -min(dxs))
+    padded = np.pad(x.astype(np.float64), [(top, bottom), (left, right)] + [(0, 0)] * (x.ndim - 2), mode="edge")
+    row = padded[0].size
+    column = row // padded.shape[1]
+    flat = padded.reshape(-1)
+    acc = np.zeros(h * row)
+    term = np.empty_like(acc)
+    for weight, (dy, dx) in zip(k, shifts):
+        start = (top - dy) * row - dx * column
+        np.multiply(flat[start:start + h * row], weight, out=term)
+        acc += term
+    return acc.reshape((h, padded.shape[1]) + x.shape[2:])[:, left:left + w]
 
 
 def plasma_fractal(n: int, mapsize: int, wibbledecay: float, rng: np.random.Generator) -> np.ndarray:
