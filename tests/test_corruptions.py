@@ -193,7 +193,7 @@ def ref_elastic(img, c, rng):
     pts1 = np.float32([center + sq, [center[0] + sq, center[1] - sq], center - sq])
     pts2 = pts1 + rng.uniform(-affine, affine, size=(1, 3, 2))[0].astype(np.float32)
     x = cv2.warpAffine(x, cv2.getAffineTransform(pts1, pts2), shape[:2][::-1], borderMode=cv2.BORDER_REFLECT_101)
-    fields = rng.uniform(-1, 1, size=(2, 1) + shape[:2])
+    fields = rng.random((2, 1) + shape[:2], dtype=np.float32).astype(np.float64) * 2 - 1  # the engine's U(-1, 1) draws
     dx = (ndimage.gaussian_filter(fields[0, 0], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
     dy = (ndimage.gaussian_filter(fields[1, 0], sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
     xx, yy, zz = np.meshgrid(np.arange(shape[1]), np.arange(shape[0]), np.arange(shape[2]))

@@ -232,6 +232,8 @@ def elastic_transform(images: np.ndarray, c: tuple, ctx: Context) -> np.ndarray:
     for i in range(n):
         m = cv2.getAffineTransform(src, src + moves[i])
         warped[:, i] = cv2.warpAffine(x[i], m, (w, h), borderMode=cv2.BORDER_REFLECT_101).transpose(2, 0, 1)
-    fields = ctx.rng.uniform(-1, 1, size=(2 * n, h, w)).astype(np.float32)  # dx for all images, then dy
+    fields = ctx.rng.random((2 * n, h, w), dtype=np.float32)  # U(-1, 1) fields (exact in float32): dx for all images, then dy
+    fields *= 2
+    fields -= 1
     dx, dy = _ops.gaussian_spatial_matrix(fields, sigma, "reflect", 3.0).reshape(2, n, h, w) * np.float32(alpha)
     return np.ascontiguousarray(to_uint8(bilinear_reflect(warped, dy, dx)).transpose(1, 2, 3, 0))
