@@ -62,3 +62,27 @@ def test_test_batch_norm_normalizes_with_the_batch_statistics(shape):
     with torch.inference_mode():
         out = layer(x)
     torch.testing.assert_close(out.double(), want, rtol=0, atol=1e-4)
+
+
+def test_pooled_statistics_compile_once_and_match_eager():
+    """AdaBN's running count is a tensor: ``torch.compile`` traces the layer once (a Python
+    number would be guarded and recompiled at every batch) and pools the same statistics."""
+    import torch._dynamo
+
+    def model():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+        net(torch.zeros(1, 3, 6, 6))
+        return net.eval()
+
+    eager, compiled = model(), model()
+    eager_layers = norm_layers.replace_batchnorms(eager, norm_layers.PooledBatchNorm)
+    compiled_layers = norm_layers.replace_batchnorms(compiled, norm_layers.PooledBatchNorm)
+    traced = torch.compile(compiled, backend="eager")
+    batches = [torch.randn(5, 3, 6, 6, generator=torch.Generator().manual_seed(i)) * (i + 1) for i in range(4)]
+    torch._dynamo.reset()
+    with torch.inference_mode(), torch._dynamo.config.patch(error_on_recompile=True):
+        for x in batches:
+            torch.testing.assert_close(traced(x), eager(x), rtol=1e-6, atol=1e-6)
+    assert compiled_layers[0].count.item() == eager_layers[0].count.item() == 4 * 5 * 4 * 4
+    torch.testing.assert_close(compiled_layers[0].pooled_m2, eager_layers[0].pooled_m2, rtol=1e-12, atol=0)

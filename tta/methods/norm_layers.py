@@ -191,36 +191,36 @@ class PooledBatchNorm(StatsNorm):
     """Statistics of every target example seen so far, pooled exactly (AdaBN, online).
 
     Keeps per channel the count ``n``, mean ``m`` and sum of squared deviations ``M2`` in
-    float64 and merges each batch with Chan et al.'s parallel update:
+    float64 and merges each batch (``n_b``, ``m_b``, ``v_b``) with Chan et al.'s parallel
+    update, in Welford's form:
 
         d = m_b - m;  n' = n + n_b;  m' = m + d * n_b / n';
-        M2' = M2 + M2_b + d^2 * n * n_b / n';  var = M2' / n'
+        M2' = M2 + n_b * v_b + n_b * d * (m_b - m');  var = M2' / n'
 
-    so after a domain the statistics equal those of all its inputs computed at once,
-    between-batch variance included (unlike torch's ``momentum=None`` running average of
-    per-batch variances).
+    (``n_b d (m_b - m') = d^2 n n_b / n'``), so after a domain the statistics equal those of
+    all its inputs computed at once, between-batch variance included (unlike torch's
+    ``momentum=None`` running average of per-batch variances). The count is a tensor too:
+    under ``torch.compile`` a Python number would be guarded and recompiled at every batch.
     """
 
     def __init__(self, bn: _BatchNorm) -> None:
         super().__init__(bn)
         device = bn.running_mean.device
-        self.count = 0.0  # examples per channel pooled so far (a Python float: no tensor op per batch)
-        self.register_buffer("pooled_mean", torch.zeros(bn.num_features, dtype=torch.float64, device=device), persistent=False)
-        self.register_buffer("pooled_m2", torch.zeros(bn.num_features, dtype=torch.float64, device=device), persistent=False)
+        for name, shape in (("count", ()), ("pooled_mean", (bn.num_features,)), ("pooled_m2", (bn.num_features,))):
+            self.register_buffer(name, torch.zeros(shape, dtype=torch.float64, device=device), persistent=False)
 
     def statistics(self, x):
         var_b, mean_b = batch_statistics(x.detach())
         n_b = float(x.numel() // x.shape[1])
-        n = self.count
-        total = n + n_b
-        delta = mean_b.double() - self.pooled_mean
-        self.pooled_m2.add_(var_b.double(), alpha=n_b).addcmul_(delta, delta, value=n * n_b / total)
-        self.pooled_mean.add_(delta, alpha=n_b / total)
-        self.count = total
-        return self.pooled_mean.to(x.dtype), (self.pooled_m2 / total).to(x.dtype)
+        self.count.add_(n_b)
+        mean_b = mean_b.double()
+        delta = mean_b - self.pooled_mean
+        self.pooled_mean.addcmul_(delta, n_b / self.count)
+        self.pooled_m2.add_(var_b.double(), alpha=n_b).addcmul_(delta, mean_b - self.pooled_mean, value=n_b)
+        return self.pooled_mean.to(x.dtype), (self.pooled_m2 / self.count).to(x.dtype)
 
     def reset_statistics(self) -> None:
-        self.count = 0.0
+        self.count.zero_()
         self.pooled_mean.zero_()
         self.pooled_m2.zero_()
 
