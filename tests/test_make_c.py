@@ -53,6 +53,22 @@ def test_resumes_and_skips_finished(root, tmp_path):
         build_c.build_cifar("cifar10", out, data, ("brightness",), seed=1, quiet=True)
 
 
+def test_refuses_to_mix_engine_versions(root, tmp_path, monkeypatch):
+    """Files of another engine version (other bytes for the same seed) are never resumed into."""
+    import json
+
+    from tta.data import corruptions
+
+    data, _, _ = root
+    out = build_c.build_cifar("cifar10", tmp_path / "out", data, ("brightness",), quiet=True)
+    assert json.loads((out / "manifest.json").read_text())["engine_version"] == corruptions.ENGINE_VERSION
+    monkeypatch.setattr(corruptions, "ENGINE_VERSION", corruptions.ENGINE_VERSION + 1)
+    with pytest.raises(UserError, match="engine_version"):
+        build_c.build_cifar("cifar10", out, data, ("brightness", "pixelate"), quiet=True)
+    assert not (out / "pixelate.npy").exists()
+    assert build_c.generated_c_dir("cifar10", data).name == f"engine-{corruptions.ENGINE_VERSION}-seed-0"
+
+
 def test_image_folder_layout(tmp_path):
     src = tmp_path / "imgs"
     rng = np.random.default_rng(1)

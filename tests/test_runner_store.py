@@ -154,6 +154,8 @@ def test_cifar10c_is_generated_when_only_cifar10_is_present(tmp_path):
     rows = Run(config).execute()
     assert [(r["domain"], r["n"], r["data_source"]) for r in rows] == [("brightness-2", 300, "generated"),
                                                                        ("contrast-2", 300, "generated")]
-    generated = tmp_path / "CIFAR-10-C-generated" / "seed-0"
+    from tta.data.build_c import generated_c_dir
+
+    generated = generated_c_dir("cifar10", tmp_path)
     assert sorted(p.name for p in generated.glob("*.npy")) == ["brightness.npy", "contrast.npy", "labels.npy"]
     assert not (tmp_path / "CIFAR-10-C").exists()

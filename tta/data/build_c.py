@@ -43,8 +43,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
 
 
 def generated_c_dir(dataset: str, root: str | os.PathLike | None = None, seed: int = 0) -> Path:
-    """Where generated files live: ``<root>/<CIFAR-10-C>-generated/seed-<seed>`` (official name + suffix)."""
-    return data_root(root) / f"{cifar.spec(dataset).corrupted_folder}-generated" / f"seed-{seed}"
+    """Where generated files live: ``<root>/<CIFAR-10-C>-generated/engine-<v>-seed-<seed>`` (official
+    name + suffix; ``v`` is :data:`tta.data.corruptions.ENGINE_VERSION`, so a new engine builds anew)."""
+    from tta.data.corruptions import ENGINE_VERSION
+
+    return data_root(root) / f"{cifar.spec(dataset).corrupted_folder}-generated" / f"engine-{ENGINE_VERSION}-seed-{seed}"
 
 
 def is_complete(path: Path, rows: int) -> bool:
@@ -88,10 +91,16 @@ class _Progress:
 
 
 def _check_manifest(out: Path, info: dict) -> None:
+    """Record how ``out`` is generated; refuse a folder generated with another seed, source,
+    recipe or engine version (resuming would mix them)."""
+    from tta.data.corruptions import ENGINE_VERSION
+
+    info = {**info, "engine": "tta.data.corruptions", "engine_version": ENGINE_VERSION}
     path = out / "manifest.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        clash = {k: (old.get(k), v) for k, v in info.items() if k in ("seed", "source", "recipe") and old.get(k) != v}
+        clash = {k: (old.get(k), v) for k, v in info.items()
+                 if k in ("seed", "source", "recipe", "engine_version") and old.get(k) != v}
         if clash:
             raise UserError(f"{out} was generated with different settings {clash} (old, new); use another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +124,7 @@ def build_cifar(dataset: str, out: Path, root: Path | None = None, corruptions=B
     """Write ``<out>/<corruption>.npy`` for each missing corruption and ``labels.npy``; returns ``out``."""
     images, labels = cifar.read_test_set(dataset, data_root(root))
     n = len(images)
-    _check_manifest(out, {"source": dataset, "seed": seed, "recipe": "cifar", "engine": "tta.data.corruptions",
+    _check_manifest(out, {"source": dataset, "seed": seed, "recipe": "cifar",
                           "layout": "<corruption>.npy: severities 1..5 stacked, rows (s-1)*N : s*N"})
     labels_path = out / "labels.npy"
     if not labels_path.is_file():
@@ -198,7 +207,7 @@ def build_image_folder(folder: Path, out: Path, corruptions=BENCHMARK_CORRUPTION
     """ImageNet-C layout: ``<out>/<corruption>/<severity>/<class>/<image>``, one finished folder per corruption."""
     files = _image_files(folder)
     _check_manifest(out, {"source": str(folder.resolve()), "seed": seed, "recipe": "imagenet",
-                          "engine": "tta.data.corruptions", "preprocess": "resize 256, center crop 224"})
+                          "preprocess": "resize 256, center crop 224"})
     todo = [c for c in corruptions if not (out / c).is_dir()]
     progress = _Progress(len(todo) * len(files) * len(SEVERITIES), quiet)
     pool = _pool(jobs)

@@ -9,7 +9,7 @@ Files are memory-mapped and only the 10,000 rows of the requested severity are r
 Where the official files are missing, in this order:
 
 1. the CIFAR test set is in the data root (torchvision's layout): the missing corruptions
-   are generated with tta's corruption engine into ``<root>/CIFAR-10-C-generated/seed-0``
+   are generated with tta's corruption engine into ``<root>/CIFAR-10-C-generated/engine-<v>-seed-0``
    (once; :func:`tta.data.build_c.ensure_generated`) and rows record ``data_source:
    generated``;
 2. online: the official archive is downloaded from Zenodo (md5-checked) and unpacked;

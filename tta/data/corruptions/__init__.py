@@ -32,8 +32,14 @@ from tta.errors import UserError
 if set(REGISTRY) != set(ALL_CORRUPTIONS):  # pragma: no cover - a programming error, caught at import
     raise ImportError(f"corruption registry out of sync: {sorted(set(REGISTRY) ^ set(ALL_CORRUPTIONS))}")
 
-__all__ = ["corrupt", "recipe_for", "parameter", "REGISTRY", "RECIPES", "Corruption", "frost_dir",
+__all__ = ["corrupt", "recipe_for", "parameter", "REGISTRY", "RECIPES", "Corruption", "frost_dir", "ENGINE_VERSION",
            "ALL_CORRUPTIONS", "BENCHMARK_CORRUPTIONS", "EXTRA_CORRUPTIONS", "SEVERITIES"]
+
+#: The bytes a seed gives: raised whenever any corruption's output for the same (images, name,
+#: severity, seed, recipe) changes, and recorded with generated data, so that files of two
+#: versions are never mixed. 1: up to 2026-11-26. 2: normal draws by Box-Muller (gaussian,
+#: speckle, snow, spatter), one uniform per value for impulse noise, float32 elastic fields.
+ENGINE_VERSION = 2
 
 
 def recipe_for(height: int, width: int) -> str:
