@@ -177,11 +177,19 @@ def episodic_errors(real_c_root) -> dict[str, float]:
     return {m: _mean_error(real_c_root, m, "episodic") for m in ("bn_adapt", "alpha_bn", "tent", "core")}
 
 
-def test_tent_and_core_beat_bn_adapt_episodic(episodic_errors):
-    """1000 examples per domain, batch 200: five steps each, so the margins are small (measured
-    0.3 points at this length; see the closing note of issue 4 for the full-length tables)."""
-    assert episodic_errors["tent"] < episodic_errors["bn_adapt"]
-    assert episodic_errors["core"] < episodic_errors["bn_adapt"]
+@pytest.fixture(scope="module")
+def full_length_errors(real_c_root) -> dict[str, float]:
+    return {m: _mean_error(real_c_root, m, "episodic", n=10000) for m in ("bn_adapt", "tent", "core")}
+
+
+def test_tent_and_core_beat_bn_adapt_episodic(full_length_errors):
+    """All 10,000 examples per domain, batch 200 (50 steps). Measured with engine version 2,
+    seed 0: bn_adapt 34.86%, tent 33.36%, core 32.38% (mean over the three domains). Shorter
+    streams do not separate them: at 3,000 examples the margins were 0.5 and 0.6 points, and at
+    1,000 (5 steps) core was 0.1 points worse than bn_adapt with these noise draws and better
+    with the previous engine's."""
+    assert full_length_errors["tent"] < full_length_errors["bn_adapt"] - 0.5
+    assert full_length_errors["core"] < full_length_errors["bn_adapt"] - 0.5
 
 
 def test_dirichlet_order_hurts_bn_adapt_more_than_alpha_bn(real_c_root, episodic_errors):
