@@ -45,6 +45,21 @@ def test_each_row_records_what_determines_it(store_path):
     assert len(stored["checkpoint_sha256"]) == 64
 
 
+def test_the_corruption_engine_version_is_part_of_the_identity(store_path, monkeypatch):
+    """Smoke domains come from tta's corruption engine: rows name its version, and cells stored
+    by another version are never served for this one."""
+    from tta.data import corruptions
+
+    store = ResultStore(store_path)
+    (row,) = smoke_run(domains=["contrast"]).execute(store)
+    assert row["extra"]["corruption_engine"] == corruptions.ENGINE_VERSION
+    monkeypatch.setattr(corruptions, "ENGINE_VERSION", corruptions.ENGINE_VERSION + 1)
+    later = smoke_run(domains=["contrast"])
+    assert later.run_key != row["run_key"]
+    (new,) = later.execute(store)
+    assert new["extra"]["corruption_engine"] == corruptions.ENGINE_VERSION and len(store.rows()) == 2
+
+
 def test_same_seed_same_numbers_other_seed_other_stream():
     a = smoke_run("adabn", seed=0).execute()
     b = smoke_run("adabn", seed=0).execute()
@@ -154,6 +169,9 @@ def test_cifar10c_is_generated_when_only_cifar10_is_present(tmp_path):
     rows = Run(config).execute()
     assert [(r["domain"], r["n"], r["data_source"]) for r in rows] == [("brightness-2", 300, "generated"),
                                                                        ("contrast-2", 300, "generated")]
+    from tta.data.corruptions import ENGINE_VERSION
+
+    assert all(r["extra"]["corruption_engine"] == ENGINE_VERSION for r in rows)
     from tta.data.build_c import generated_c_dir
 
     generated = generated_c_dir("cifar10", tmp_path)

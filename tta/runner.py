@@ -109,6 +109,8 @@ class Run:
             identity["sequence"] = [d.key for d in self.domains]
         if self.protocol.reader.data_source is not None:  # official and self-built data never share cells
             identity["data_source"] = self.protocol.reader.data_source
+        if self.protocol.reader.corruption_engine is not None:  # nor data of two engine versions
+            identity["corruption_engine"] = self.protocol.reader.corruption_engine
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     def base_row(self) -> dict[str, Any]:
@@ -185,8 +187,12 @@ class Run:
             "images_per_s": result["n"] / method_s if method_s > 0 else float("nan"),
             "method_s": method_s, "wall_s": wall_s, "peak_mem_mb": _peak_memory_mb(self.device),
             "extra": {**result.get("extra", {}), **self.method.row_extra(), **segment.extra(),
-                      "nonfinite_resets": nonfinite_resets},
+                      **self._engine_extra(), "nonfinite_resets": nonfinite_resets},
         }
+
+    def _engine_extra(self) -> dict[str, int]:
+        engine = self.protocol.reader.corruption_engine
+        return {} if engine is None else {"corruption_engine": engine}
 
     def _forward(self, x: torch.Tensor, extras: dict[str, torch.Tensor], domain: str,
                  expected: tuple[int, ...]) -> torch.Tensor:

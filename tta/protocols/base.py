@@ -37,6 +37,9 @@ class DatasetReader:
     #: where the data came from, once :meth:`check` has looked (``official``, ``generated``,
     #: a provenance label...); part of the run's identity when set
     data_source: str | None = None
+    #: :data:`tta.data.corruptions.ENGINE_VERSION` when tta's corruption engine made the domains
+    #: (generated or procedural data), once :meth:`check` has looked; part of the run's identity
+    corruption_engine: int | None = None
     #: whether domains come in severities 1..5
     has_severity: bool = True
     #: names of the label-free side arrays :meth:`load` provides in ``DomainData.extras``

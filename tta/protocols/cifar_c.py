@@ -80,6 +80,10 @@ class CorruptedStack(DatasetReader):
     def check(self, domains: list[Domain], root: Path) -> None:
         self.located = self.locate(domains, root)
         self.data_source = self.located[1]
+        if self.data_source == "generated":
+            from tta.data.corruptions import ENGINE_VERSION
+
+            self.corruption_engine = ENGINE_VERSION
 
     def locate(self, domains: list[Domain], root: Path) -> tuple[Path, str]:
         """(folder, data_source) holding every needed file, generating or downloading if needed."""

@@ -44,5 +44,10 @@ class Smoke(DatasetReader):
 
     domains = tuple(name for name in BENCHMARK_CORRUPTIONS if name != "frost")
 
+    def check(self, domains: list[Domain], root: Path) -> None:
+        from tta.data.corruptions import ENGINE_VERSION
+
+        self.corruption_engine = ENGINE_VERSION
+
     def load(self, domain: Domain, root: Path) -> DomainData:
         return DomainData(_corrupted(domain.name, domain.severity), _clean_test_set()[1], "procedural")
