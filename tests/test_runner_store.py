@@ -177,3 +177,33 @@ def test_cifar10c_is_generated_when_only_cifar10_is_present(tmp_path):
     generated = generated_c_dir("cifar10", tmp_path)
     assert sorted(p.name for p in generated.glob("*.npy")) == ["brightness.npy", "contrast.npy", "labels.npy"]
     assert not (tmp_path / "CIFAR-10-C").exists()
+
+
+def test_git_revision_is_dirty_for_code_changes_not_for_written_results(tmp_path, monkeypatch):
+    """Regenerating the committed store must not mark its own rows ``+dirty``."""
+    import subprocess
+
+    from tta import environment
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "leaderboard").mkdir()
+    (tmp_path / "leaderboard" / "results.sqlite").write_bytes(b"old")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(environment, "CHECKOUT_ROOT", tmp_path)
+
+    def revision():
+        environment.git_revision.cache_clear()
+        return environment.git_revision()
+
+    clean = revision()
+    assert len(clean) == 12 and not clean.endswith("+dirty")
+    (tmp_path / "leaderboard" / "results.sqlite").write_bytes(b"new rows")
+    assert revision() == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert revision() == clean + "+dirty"
+    environment.git_revision.cache_clear()

@@ -28,13 +28,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+#: tracked outputs, not inputs: results written there do not make the code that wrote them dirty
+RESULTS_FOLDER = "leaderboard"
+
+
 @lru_cache(maxsize=1)
 def git_revision() -> str:
-    """``<sha>`` of the checkout, ``+dirty`` when tracked files differ; ``unknown`` outside git."""
+    """``<sha>`` of the checkout, ``+dirty`` when tracked files other than the committed results
+    (``leaderboard/``, which a run may be writing into) differ; ``unknown`` outside git."""
     try:
         sha = subprocess.run(["git", "-C", str(CHECKOUT_ROOT), "rev-parse", "--short=12", "HEAD"],
                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(CHECKOUT_ROOT), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(CHECKOUT_ROOT), "status", "--porcelain", "--untracked-files=no",
+                                "--", ".", f":(exclude){RESULTS_FOLDER}"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
