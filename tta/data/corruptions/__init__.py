@@ -5,7 +5,9 @@ Corruptions and Perturbations", ICLR 2019 (CIFAR-10-C, CIFAR-100-C, ImageNet-C).
 
     corrupt(images, name, severity, seed=0, recipe=None) -> images
 
-* ``images``: uint8 array (N, H, W, 3), RGB. The result has the same shape and dtype.
+* ``images``: uint8 array (N, H, W, 3), RGB. The result has the same shape and dtype, and is
+  C-contiguous (streams turn NHWC memory into channels-last tensors; another order would
+  give one domain another convolution layout, and another speed).
 * ``name``: one of :data:`tta.data.corruption_names.ALL_CORRUPTIONS`; ``severity``: 1..5.
 * ``recipe``: ``"cifar"`` (the 32x32 parameters of ``make_cifar_c.py``) or ``"imagenet"``
   (the 224x224 parameters of ``make_imagenet_c.py``); by default chosen from the image size:
@@ -79,4 +81,4 @@ def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0, recipe:
     entry = REGISTRY[name]
     out = entry.fn(np.ascontiguousarray(images), entry.param(recipe, int(severity)), Context(rng, recipe))
     assert out.shape == images.shape and out.dtype == np.uint8
-    return out
+    return np.ascontiguousarray(out)
