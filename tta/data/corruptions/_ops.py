@@ -173,6 +173,12 @@ def motion_blur(x: np.ndarray, radius: int, sigma: float, angles_deg: np.ndarray
     return result
 
 
+def tap_shift(i: int, rad):
+    """Shift ``(dy, dx)`` of motion-blur tap ``i`` at angle ``rad`` (radians; scalar or array):
+    ``dy = -ceil(i sin a - 1/2)``, ``dx = -ceil(i cos a - 1/2)``."""
+    return (-np.ceil(i * np.sin(rad) - 0.5).astype(np.int64), -np.ceil(i * np.cos(rad) - 0.5).astype(np.int64))
+
+
 def _motion_blur_block(x: np.ndarray, k: np.ndarray, rad: np.ndarray) -> np.ndarray:
     """:func:`motion_blur` of a block of images with kernel k and sorted angles rad (radians)."""
     n, h, w = x.shape[:3]
@@ -182,8 +188,7 @@ def _motion_blur_block(x: np.ndarray, k: np.ndarray, rad: np.ndarray) -> np.ndar
     padded = np.pad(x, [(0, 0), (pad, pad), (pad, pad)] + [(0, 0)] * (x.ndim - 3), mode="edge")
     alive = np.ones(n, dtype=bool)
     for i, weight in enumerate(k):
-        dy = -np.ceil(i * np.sin(rad) - 0.5).astype(np.int64)
-        dx = -np.ceil(i * np.cos(rad) - 0.5).astype(np.int64)
+        dy, dx = tap_shift(i, rad)
         alive &= (np.abs(dy) < h) & (np.abs(dx) < w)
         # shifted[r, c] = x[clip(r - dy), clip(c - dx)]: a window of the edge-padded images,
         # taken as a view for each run of images that share this tap's shift
@@ -210,7 +215,7 @@ def _motion_blur_image(x: np.ndarray, k: np.ndarray, rad: float) -> np.ndarray:
     h, w = x.shape[:2]
     shifts = []
     for i in range(len(k)):
-        dy, dx = -int(np.ceil(i * np.sin(rad) - 0.5)), -int(np.ceil(i * np.cos(rad) - 0.5))
+        dy, dx = (int(v) for v in tap_shift(i, rad))
         if abs(dy) >= h or abs(dx) >= w:
             break
         shifts.append((dy, dx))
