@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tta.errors import UserError
 
 
-#: channels-last statistics are taken over rows at least this wide (see :func:`_channels_last_statistics`)
+#: channels-last statistics are taken over rows at least this wide (see :func:`_grouped_channels_last_statistics`)
 STATS_ROW_WIDTH = 128
 #: ... when a pixel's channels fill at most this many floats of a row (wider pixels vectorize
 #: well enough in the fused kernel that pooling the groups costs more than it saves) ...
@@ -40,14 +40,18 @@ def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     forward:
 
     * channels-last input (how tta streams images, and faster for CPU convolutions), no
-      gradient needed: :func:`_channels_last_statistics`;
+      gradient needed: PyTorch's fused BatchNorm statistics kernel, over pixel groups
+      where that pays (:func:`_grouped_channels_last_statistics`);
     * otherwise: ``mean = S1 / n``, ``var = S2 / n - mean^2`` from the sums ``S1 = sum x`` and
       ``S2 = sum x^2`` taken along the contiguous spatial rows (a sum and a dot product per
       row), differentiable. Float32 cancellation in ``S2/n - mean^2`` is negligible unless
       |mean| exceeds the standard deviation by orders of magnitude.
     """
     if _channels_last_without_grad(x):
-        return _channels_last_statistics(x)
+        if _grouped_statistics_pay(x):
+            return _grouped_channels_last_statistics(x)
+        mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
+        return var, mean
     rows = x.flatten(2) if x.dim() > 2 else x.unsqueeze(2)
     n = rows.shape[0] * rows.shape[2]
     mean = rows.sum(2).sum(0) / n
@@ -60,9 +64,10 @@ def _channels_last_without_grad(x: torch.Tensor) -> bool:
             and not (x.requires_grad and torch.is_grad_enabled()))
 
 
-def _channels_last_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _grouped_channels_last_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(var, mean)`` of a channels-last 4-d tensor by PyTorch's fused BatchNorm statistics
-    kernel (``torch.batch_norm_update_stats`` without running buffers, biased variance).
+    kernel (``torch.batch_norm_update_stats`` without running buffers, biased variance), over
+    pixel groups; callers take it only where :func:`_grouped_statistics_pay`.
 
     That kernel vectorizes over the channels, so with few channels (16 in a CIFAR ResNet's
     first stage) its rows are too short and it runs at a third of memory speed. The memory
@@ -74,9 +79,6 @@ def _channels_last_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     """
     channels = x.shape[1]
     groups = STATS_ROW_WIDTH // channels
-    if not _grouped_statistics_pay(x):
-        mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
-        return var, mean
     rows = x.permute(0, 2, 3, 1).reshape(-1, groups * channels)
     group_mean, group_var = torch.batch_norm_update_stats(rows, None, None, 0.0)
     group_mean = group_mean.view(groups, channels)
@@ -86,7 +88,7 @@ def _channels_last_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def _grouped_statistics_pay(x: torch.Tensor) -> bool:
-    """Whether :func:`_channels_last_statistics` should pool pixel groups for ``x``: on CPU, at
+    """Whether :func:`_grouped_channels_last_statistics` should pool pixel groups for ``x``: on CPU, at
     most 16 channels, a tensor of at least 2^20 values, and a pixel count divisible by the
     group size.
 
@@ -156,7 +158,7 @@ def normalize_with_test_statistics(layer: StatsNorm, x: torch.Tensor) -> torch.T
         raise UserError(f"test-batch statistics of one value per channel ({type(layer).__name__} on input "
                         f"{tuple(x.shape)}): use --batch-size 2 or more, or a method that keeps source statistics")
     if _grouped_statistics_pay(x) and _channels_last_without_grad(x):
-        var, mean = _channels_last_statistics(x)
+        var, mean = _grouped_channels_last_statistics(x)
         return F.batch_norm(x, mean, var, layer.weight, layer.bias, False, 0.0, layer.eps)
     return F.batch_norm(x, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
 
