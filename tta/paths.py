@@ -4,6 +4,10 @@
   (next to the ``tta`` package).
 * cache (downloaded checkpoints, built-in trained weights): ``$TTA_CACHE``, else
   ``$XDG_CACHE_HOME/tta``, else ``~/.cache/tta``.
+* a user's results (the default result store, the rendered leaderboard): ``$TTA_HOME``, else
+  ``$XDG_DATA_HOME/tta``, else ``~/.local/share/tta``. Never the checkout's tracked
+  ``leaderboard/`` folder: that is the committed leaderboard, built only by
+  ``benchmarks/make_leaderboard.py`` from its own store.
 """
 
 from __future__ import annotations
@@ -30,3 +34,28 @@ def cache_dir() -> Path:
     else:
         root = Path.home() / ".cache" / "tta"
     return root.expanduser().resolve()
+
+
+def user_home() -> Path:
+    """Where a user's own results live (``$TTA_HOME``, else ``$XDG_DATA_HOME/tta``, else ``~/.local/share/tta``)."""
+    if os.environ.get("TTA_HOME"):
+        root = Path(os.environ["TTA_HOME"])
+    elif os.environ.get("XDG_DATA_HOME"):
+        root = Path(os.environ["XDG_DATA_HOME"]) / "tta"
+    else:
+        root = Path.home() / ".local" / "share" / "tta"
+    return root.expanduser().resolve()
+
+
+def user_store() -> Path:
+    """The default result store of ``tta.run``, ``tta.sweep`` and ``tta.leaderboard``."""
+    return user_home() / "results.sqlite"
+
+
+def user_leaderboard_dir() -> Path:
+    """The default output folder of ``tta.leaderboard``."""
+    return user_home() / "leaderboard"
+
+
+#: the committed leaderboard's own store and folder (written only by benchmarks/make_leaderboard.py)
+COMMITTED_LEADERBOARD = CHECKOUT_ROOT / "leaderboard"
