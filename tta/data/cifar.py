@@ -5,6 +5,9 @@
 
 Missing files are downloaded from the authors' site into ``<root>`` (archive MD5 checked, as
 torchvision does); offline, the reader raises one :class:`tta.errors.UserError` line.
+
+The batches are pickles: they are read with :mod:`tta.data.restricted_pickle`, which admits
+only dicts, lists, strings and numpy arrays, so a crafted file cannot run code.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tta.data import restricted_pickle
 from tta.download import download
 from tta.errors import UserError
 
@@ -86,11 +90,24 @@ def read_test_set(dataset: str, root: Path, fetch_missing: bool = True) -> tuple
         raise UserError(f"{spec(dataset).name} test set not found at {path}")
     try:
         with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="latin1")
+            batch = restricted_pickle.load(handle, encoding="latin1")
+    except restricted_pickle.RefusedGlobal as exc:
+        raise UserError(f"{path} is not a CIFAR test batch: it {exc}; refused without running it") from None
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError,
+            IndexError, KeyError, UnicodeDecodeError, MemoryError) as exc:
+        raise UserError(f"{path} is not a CIFAR test batch ({type(exc).__name__}: {exc})") from None
+    if not isinstance(batch, dict):
+        raise UserError(f"{path} is not a CIFAR test batch (holds a {type(batch).__name__}, expected a dict)")
+    # Python 2 wrote the keys as str; a batch re-pickled by Python 3 may carry bytes keys
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    try:
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch[spec(dataset).label_key], dtype=np.uint8)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise UserError(f"{path} is not a CIFAR test batch ({type(exc).__name__}: {exc})") from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise UserError(f"{path} holds data of shape {data.shape}, expected N x 3072")
+    if len(labels) and labels.max() >= spec(dataset).num_classes:
+        raise UserError(f"{path} holds label {int(labels.max())}; {spec(dataset).name} labels are "
+                        f"0..{spec(dataset).num_classes - 1}")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
