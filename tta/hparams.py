@@ -6,6 +6,7 @@ overrides it; ``search`` is the range a sweep samples from.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ class HParam:
             value = float(value)
         if not isinstance(value, kind):
             raise UserError(f"hyperparameter {name}={value!r} must be a {kind.__name__}")
+        if kind is float and not math.isfinite(value):  # NaN passes every bounds check: refuse it by name
+            raise UserError(f"hyperparameter {name}={value!r} must be a finite number")
         if self.low is not None and value < self.low or self.high is not None and value > self.high:
             raise UserError(f"hyperparameter {name}={value!r} is outside [{self.low}, {self.high}]")
         return value

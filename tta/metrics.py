@@ -6,6 +6,12 @@
   (Guo et al., ICML 2017): ``sum_b |B_b|/n * |acc(B_b) - conf(B_b)|``.
 
 Sums stay tensors on the device until :meth:`compute`, so no per-batch host sync.
+
+Non-finite outputs (a method that returns NaN or inf for some examples) are scored, not
+fatal: an example whose logits row holds any non-finite value counts as **wrong** for
+``error``, and as the uniform prediction ``1/C`` for ``nll`` (``log C``) and ``ece``
+(confidence ``1/C``, accuracy 0): a method gains nothing by giving up on an example. Their
+number is reported in ``extra.nonfinite_logits`` (the runner stores it in the row).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tta.errors import UserError
 from tta.registry import TASKS
 
 ECE_BINS = 15
@@ -42,7 +49,7 @@ class ClassificationMetrics(Metrics):
         super().__init__(num_classes)
         self.bins = bins
         self.n = 0
-        self._correct = self._nll = None
+        self._correct = self._nll = self._nonfinite = None
         self._bin_count = self._bin_conf = self._bin_acc = None
 
     def expected_shape(self, x):
@@ -51,21 +58,28 @@ class ClassificationMetrics(Metrics):
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         with torch.no_grad():
             logits = logits.detach().float()
+            finite = torch.isfinite(logits).all(dim=1)
+            logits = torch.where(finite[:, None], logits, torch.zeros((), device=logits.device))  # uniform
             log_probs = F.log_softmax(logits, dim=1)
             confidence, prediction = log_probs.max(dim=1)
             confidence = confidence.exp()
-            correct = (prediction == labels).float()
-            nll = F.nll_loss(log_probs, labels, reduction="sum")
+            correct = ((prediction == labels) & finite).float()
+            try:
+                nll = F.nll_loss(log_probs, labels, reduction="sum")
+            except IndexError as exc:  # readers validate labels on load; this guards readers that cannot
+                raise UserError(f"a label is outside 0..{self.num_classes - 1} ({exc})") from None
             bin_index = (confidence * self.bins).long().clamp_(max=self.bins - 1)
             counts = torch.bincount(bin_index, minlength=self.bins).float()
             conf_sum = torch.bincount(bin_index, weights=confidence, minlength=self.bins)
             acc_sum = torch.bincount(bin_index, weights=correct, minlength=self.bins)
+            nonfinite = (~finite).sum()
             if self._correct is None:
-                self._correct, self._nll = correct.sum(), nll
+                self._correct, self._nll, self._nonfinite = correct.sum(), nll, nonfinite
                 self._bin_count, self._bin_conf, self._bin_acc = counts, conf_sum, acc_sum
             else:
                 self._correct += correct.sum()
                 self._nll += nll
+                self._nonfinite += nonfinite
                 self._bin_count += counts
                 self._bin_conf += conf_sum
                 self._bin_acc += acc_sum
@@ -73,11 +87,13 @@ class ClassificationMetrics(Metrics):
 
     def compute(self) -> dict[str, float]:
         if not self.n:
-            return {"n": 0, "error": float("nan"), "nll": float("nan"), "ece": float("nan")}
+            return {"n": 0, "error": float("nan"), "nll": float("nan"), "ece": float("nan"),
+                    "extra": {"nonfinite_logits": 0}}
         gap = (self._bin_acc - self._bin_conf).abs().sum()
         return {
             "n": self.n,
             "error": 100.0 * (1.0 - self._correct.item() / self.n),
             "nll": self._nll.item() / self.n,
             "ece": 100.0 * gap.item() / self.n,
+            "extra": {"nonfinite_logits": int(self._nonfinite.item())},
         }

@@ -10,8 +10,14 @@
 * ``error`` = 100 - mIoU, so "lower is better" holds for every task's leaderboard.
 * ``nll``, ``ece``: pixel-level negative log-likelihood and 15-bin calibration error over
   the labelled pixels (the classification definitions of :mod:`tta.metrics`, per pixel).
-* ``extra``: ``miou``, per-class ``iou`` (percent; ``None`` where the union is empty) and
-  ``pixel_accuracy``; the runner stores it in the row's ``extra``.
+* ``extra``: ``miou``, per-class ``iou`` (percent; ``None`` where the union is empty),
+  ``pixel_accuracy`` and ``nonfinite_logits``; the runner stores it in the row's ``extra``.
+
+Non-finite logits (NaN/inf at a labelled pixel, after upsampling) never crash the metric:
+such a pixel counts as wrong, i.e. a false negative of its true class with no predicted
+class (``missed[t]`` joins class ``t``'s union and the pixel-accuracy denominator), and as
+the uniform prediction for ``nll``/``ece`` (:mod:`tta.metrics`); ``nonfinite_logits`` is
+their number of pixels.
 
 Labels are integer maps ``N x H x W`` with ``255`` = ignored. Logits ``N x C x h x w`` of
 another size are upsampled bilinearly (``align_corners=False``) to the label size first,
@@ -31,17 +37,23 @@ from tta.registry import TASKS
 IGNORE_INDEX = 255
 
 
-def iou_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
-    """Per-class IoU (fraction, float64) from a ``C x C`` confusion matrix; NaN where the union is 0."""
+def iou_from_confusion(confusion: torch.Tensor, missed: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-class IoU (fraction, float64) from a ``C x C`` confusion matrix; NaN where the union is 0.
+
+    ``missed[t]``: pixels of true class ``t`` without a prediction (non-finite logits), false
+    negatives of ``t`` that are no class's false positive.
+    """
     confusion = confusion.double()
     hits = confusion.diagonal()
     union = confusion.sum(0) + confusion.sum(1) - hits
+    if missed is not None:
+        union = union + missed.double()
     return torch.where(union > 0, hits / union.clamp_min(1), torch.full_like(hits, math.nan))
 
 
-def mean_iou(confusion: torch.Tensor) -> float:
+def mean_iou(confusion: torch.Tensor, missed: torch.Tensor | None = None) -> float:
     """mIoU (fraction) over the classes with a non-empty union; NaN if there is none."""
-    iou = iou_from_confusion(confusion)
+    iou = iou_from_confusion(confusion, missed)
     valid = ~iou.isnan()
     return iou[valid].mean().item() if valid.any() else math.nan
 
@@ -52,6 +64,7 @@ class SegmentationMetrics(Metrics):
         super().__init__(num_classes)
         self.n = 0
         self.confusion: torch.Tensor | None = None
+        self.missed: torch.Tensor | None = None
         self._pixels = ClassificationMetrics(num_classes)
 
     def expected_shape(self, x: torch.Tensor) -> tuple[int, ...]:
@@ -61,6 +74,7 @@ class SegmentationMetrics(Metrics):
         with torch.no_grad():
             if self.confusion is None:
                 self.confusion = torch.zeros(self.num_classes ** 2, dtype=torch.int64, device=logits.device)
+                self.missed = torch.zeros(self.num_classes, dtype=torch.int64, device=logits.device)
             for image_logits, label in zip(logits.detach().float(), labels.long()):
                 if image_logits.shape[-2:] != label.shape[-2:]:
                     image_logits = F.interpolate(image_logits[None], size=label.shape[-2:], mode="bilinear",
@@ -69,20 +83,24 @@ class SegmentationMetrics(Metrics):
                 pixel_logits = image_logits.permute(1, 2, 0)[valid]  # P x C
                 truth = label[valid]
                 if truth.numel():
+                    finite = torch.isfinite(pixel_logits).all(1)
                     prediction = pixel_logits.argmax(1)
-                    self.confusion += torch.bincount(truth * self.num_classes + prediction,
+                    self.confusion += torch.bincount((truth * self.num_classes + prediction)[finite],
                                                      minlength=self.num_classes ** 2)
+                    self.missed += torch.bincount(truth[~finite], minlength=self.num_classes)
                     self._pixels.update(pixel_logits, truth)
                 self.n += 1
 
     def compute(self) -> dict[str, float]:
         if self.confusion is None or not self._pixels.n:
             return {"n": self.n, "error": math.nan, "nll": math.nan, "ece": math.nan,
-                    "extra": {"miou": None, "iou": None, "pixel_accuracy": None}}
+                    "extra": {"miou": None, "iou": None, "pixel_accuracy": None, "nonfinite_logits": 0}}
         confusion = self.confusion.view(self.num_classes, self.num_classes).cpu()
-        miou = 100.0 * mean_iou(confusion)
-        iou = [None if math.isnan(v) else 100.0 * v for v in iou_from_confusion(confusion).tolist()]
+        missed = self.missed.cpu()
+        miou = 100.0 * mean_iou(confusion, missed)
+        iou = [None if math.isnan(v) else 100.0 * v for v in iou_from_confusion(confusion, missed).tolist()]
         pixels = self._pixels.compute()
-        accuracy = 100.0 * confusion.diagonal().sum().item() / confusion.sum().item()
+        accuracy = 100.0 * confusion.diagonal().sum().item() / (confusion.sum() + missed.sum()).item()
         return {"n": self.n, "error": 100.0 - miou, "nll": pixels["nll"], "ece": pixels["ece"],
-                "extra": {"miou": miou, "iou": iou, "pixel_accuracy": accuracy}}
+                "extra": {"miou": miou, "iou": iou, "pixel_accuracy": accuracy,
+                          "nonfinite_logits": int(missed.sum().item())}}
