@@ -9,7 +9,7 @@ model, trained once and cached).
 
 from __future__ import annotations
 
-import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -45,12 +45,40 @@ def resolve(ref: str, sha256: str | None = None) -> Path:
     return path
 
 
+#: terminal escape sequences (PyTorch colours parts of its weights-only message)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+_FORMATS = {b"PK\x03\x04": "zip", b"\x80": "pickle"}  # torch.save's archive; the legacy pickle format
+
+
+def load_failure(exc: BaseException, limit: int = 240) -> str:
+    """``Type: reason`` of a failed ``torch.load`` on one plain-text line: escape sequences
+    removed, PyTorch's advice to load with ``weights_only=False`` dropped (never good advice for
+    a file of unknown origin), only the reason of its weights-only refusal kept."""
+    text = _ANSI.sub("", str(exc))
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0].split(" Please use", 1)[0]
+    text = " ".join(text.split())
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``; any failure to read it is one :class:`UserError` line."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise UserError(f"checkpoint {str(path)!r} cannot be read ({exc.strerror})") from None
+    if not head:
+        raise UserError(f"checkpoint {str(path)!r} is an empty file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {str(path)!r} is not a readable weights-only PyTorch file ({first})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a malformed file makes torch raise, one line
+        kind = next((name for magic, name in _FORMATS.items() if head.startswith(magic)), None)
+        what = "" if kind else f"; it is neither a zip archive nor a pickle (starts with {head!r})"
+        raise UserError(f"checkpoint {str(path)!r} is not a readable weights-only PyTorch file "
+                        f"({load_failure(exc)}){what}") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(obj.get(key), dict):
