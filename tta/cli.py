@@ -29,6 +29,13 @@ def guarded(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        except SystemExit as exc:
+            if not isinstance(exc.code, str):  # argparse's --help / usage errors, and plain exit codes
+                raise
+            # sys.exit("message") from a plugin's code (setup, reset...): Python would print the
+            # message without the error: prefix and exit 1
+            print(f"error: {' '.join(exc.code.split())} (sys.exit called)", file=sys.stderr)
+            return EXIT_USAGE
         except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
             sys.stdout = open(os.devnull, "w")
             return 0

@@ -7,6 +7,10 @@ Three ways in, all ending in :func:`tta.registry.register_method`:
 * a drop-in ``*.py`` file in a directory listed in ``$TTA_PLUGIN_PATH`` (``os.pathsep``
   separated) or in the source checkout's ``methods/`` folder;
 * ``--plugin path/to/file.py`` on the command line.
+
+Whatever a plugin raises while it is imported, ``sys.exit(...)`` included, becomes one
+:class:`UserError` line naming the plugin: a plugin's own failure never reads as a tta
+traceback, nor ends the process without an ``error:`` line.
 """
 
 from __future__ import annotations
@@ -26,14 +30,24 @@ TRAINING_ENTRY_POINT_GROUP = "tta.training_methods"
 CHECKOUT_PLUGIN_DIR = Path(__file__).resolve().parents[1] / "methods"
 
 
+def failure(exc: BaseException) -> str:
+    """What a plugin raised, on one line: ``sys.exit(...)`` as such, else ``Type: message``."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def load_entry_points() -> list[str]:
     """Import every ``tta.methods`` entry point; register classes the plugin did not register itself."""
     loaded = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
-        except Exception as exc:  # a plugin's own bug must not read as a tta traceback
-            raise UserError(f"plugin entry point {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}")
+        except UserError:
+            raise
+        except (Exception, SystemExit) as exc:  # a plugin's own bug must not read as a tta traceback
+            raise UserError(f"plugin entry point {ep.name!r} ({ep.value}) failed to import: {failure(exc)}") from None
         if inspect.isclass(obj) and ep.name not in METHODS:
             from tta.registry import register_method
 
@@ -50,8 +64,10 @@ def load_training_entry_points() -> list[str]:
     for ep in importlib.metadata.entry_points(group=TRAINING_ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
-        except Exception as exc:
-            raise UserError(f"plugin entry point {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}")
+        except UserError:
+            raise
+        except (Exception, SystemExit) as exc:
+            raise UserError(f"plugin entry point {ep.name!r} ({ep.value}) failed to import: {failure(exc)}") from None
         if inspect.isclass(obj) and ep.name not in TRAINING_METHODS:
             register_training_method(ep.name)(obj)
         loaded.append(ep.name)
@@ -74,10 +90,11 @@ def load_file(path: str | os.PathLike) -> None:
     try:
         spec.loader.exec_module(module)
     except UserError:
+        sys.modules.pop(module_name, None)
         raise
-    except Exception as exc:
-        del sys.modules[module_name]
-        raise UserError(f"plugin file {str(path)!r} failed to import: {type(exc).__name__}: {exc}")
+    except (Exception, SystemExit) as exc:
+        sys.modules.pop(module_name, None)
+        raise UserError(f"plugin file {str(path)!r} failed to import: {failure(exc)}") from None
 
 
 def drop_in_dirs() -> list[Path]:
