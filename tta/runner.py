@@ -200,7 +200,7 @@ class Run:
             logits = self.method.forward(x, **extras)
         except UserError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin's sys.exit() too: one error line, finished rows kept
             raise UserError(f"method {self.method.name!r} failed on domain {domain}: {type(exc).__name__}: {exc}") from None
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
