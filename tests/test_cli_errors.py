@@ -102,6 +102,7 @@ def test_unknown_protocol_suggests_the_closest(tmp_path):
 
 
 def test_missing_data_names_root_layout_and_url(tmp_path, checkpoint):
+    (tmp_path / "empty").mkdir()
     result = run_cli("tta.run", *base(tmp_path / "empty", checkpoint, tmp_path / "s.sqlite"), "--method", "source")
     assert_one_line_error(result, "CIFAR-10-C", str(tmp_path / "empty"), "zenodo.org")
 

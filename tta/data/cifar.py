@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tta.data import restricted_pickle
+from tta.data.root import existing_root
 from tta.download import download
 from tta.errors import UserError
 
@@ -72,6 +73,7 @@ def fetch(dataset: str, root: Path) -> Path:
     s, path = spec(dataset), test_file(dataset, root)
     if path.is_file():
         return path
+    existing_root(root)  # download into a named root only if it exists
     archive = download(s.url, Path(root) / s.archive, None, f"{s.name} (python version)")
     if _md5(archive) != s.md5:
         archive.unlink(missing_ok=True)

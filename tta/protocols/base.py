@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tta.data.root import existing_root
 from tta.errors import UserError
 from tta.protocols.spec import ProtocolSpec
 from tta.registry import DATASETS
@@ -60,7 +61,8 @@ class Protocol:
 
     @classmethod
     def create(cls, spec: ProtocolSpec, root: Path) -> "Protocol":
-        return cls(spec, DATASETS.get(spec.dataset)(), root)
+        """The protocol of ``spec`` over data root ``root`` (which must exist, unless it is the default)."""
+        return cls(spec, DATASETS.get(spec.dataset)(), existing_root(root))
 
     @property
     def name(self) -> str:
