@@ -53,8 +53,8 @@ def generated_c_dir(dataset: str, root: str | os.PathLike | None = None, seed: i
 def is_complete(path: Path, rows: int) -> bool:
     """A finished ``<corruption>.npy``: readable header, uint8, ``rows x 32 x 32 x 3``."""
     try:
-        arr = np.load(path, mmap_mode="r")
-    except (OSError, ValueError):
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
         return False
     return arr.dtype == np.uint8 and arr.shape == (rows, 32, 32, 3)
 

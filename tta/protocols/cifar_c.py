@@ -37,9 +37,11 @@ def read_severity(path: Path, severity: int) -> np.ndarray:
     (10,000 rows each in the official files).
     """
     try:
-        stacked = np.load(path, mmap_mode="r")
+        stacked = np.load(path, mmap_mode="r", allow_pickle=False)  # an object array would unpickle
     except (ValueError, OSError, EOFError) as exc:
         raise UserError(f"{path} is truncated or not a .npy array ({exc})") from None
+    if not isinstance(stacked, np.ndarray) or stacked.ndim == 0:
+        raise UserError(f"{path} holds a {type(stacked).__name__} without rows; expected a stacked .npy array")
     if stacked.shape[0] == 0 or stacked.shape[0] % 5:
         raise UserError(f"{path} has {stacked.shape[0]} rows; expected 5 equal severity blocks")
     rows = stacked.shape[0] // 5
@@ -69,6 +71,7 @@ class CorruptedStack(DatasetReader):
     md5: str = ""
     domains = ALL_CORRUPTIONS
     default_domains = BENCHMARK_CORRUPTIONS
+    image_size = (32, 32)  # the CIFAR format: any other size is another dataset, refused on load
 
     def __init__(self) -> None:
         self.located: tuple[Path, str] | None = None
@@ -118,14 +121,14 @@ class CorruptedStack(DatasetReader):
         archive.unlink()
 
     def load(self, domain: Domain, root: Path) -> DomainData:
+        """Severity rows of ``<corruption>.npy`` and ``labels.npy``; shapes, dtype and label range
+        are checked by :func:`tta.protocols.base.check_domain_data` (naming the file)."""
         directory, source = self.located or self.locate([domain], root)
         images = read_severity(directory / f"{domain.name}.npy", domain.severity)
-        labels = read_severity(directory / "labels.npy", domain.severity).astype(np.int64)
-        if images.ndim != 4 or images.dtype != np.uint8 or len(labels) != len(images):
-            raise UserError(f"{directory / (domain.name + '.npy')} holds {images.dtype} {images.shape[1:]} x "
-                            f"{len(images)} rows per severity; expected uint8 N x H x W x C with {len(labels)} rows "
-                            f"(as labels.npy)")
-        return DomainData(images, labels, source)
+        labels = read_severity(directory / "labels.npy", domain.severity)
+        rows = f"(severity {domain.severity} rows)"
+        return DomainData(images, labels, source, origin=f"{directory / (domain.name + '.npy')} {rows}",
+                          label_origin=f"{directory / 'labels.npy'} {rows}")
 
 
 @DATASETS.register("cifar10c")

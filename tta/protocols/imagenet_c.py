@@ -39,6 +39,7 @@ class ImageNetC(DatasetReader):
 
     domains = ALL_CORRUPTIONS
     default_domains = BENCHMARK_CORRUPTIONS
+    image_size = (SIZE, SIZE)  # decoded images are centre-cropped to it
 
     def check(self, domains: list[Domain], root: Path) -> None:
         for domain in domains:
@@ -60,4 +61,4 @@ class ImageNetC(DatasetReader):
             files = sorted(f for f in class_folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             paths += files
             labels += [index[class_folder.name]] * len(files)
-        return DomainData(ImageFiles(paths, SIZE), np.asarray(labels, dtype=np.int64), "official")
+        return DomainData(ImageFiles(paths, SIZE), np.asarray(labels, dtype=np.int64), "official", origin=str(folder))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tta.data.pacs import DOMAINS, LazyImages, check_layout, list_domain
+from tta.data.pacs import DOMAINS, IMAGE_SIZE, LazyImages, check_layout, list_domain
 from tta.errors import UserError
 from tta.protocols.base import DatasetReader, DomainData
 from tta.registry import DATASETS
@@ -21,6 +21,7 @@ class Pacs(DatasetReader):
 
     domains = DOMAINS
     has_severity = False
+    image_size = (IMAGE_SIZE, IMAGE_SIZE)  # decoded images are resized to it
 
     def check(self, domains: list[Domain], root: Path) -> None:
         check_layout(root, [d.name for d in domains])
@@ -29,4 +30,5 @@ class Pacs(DatasetReader):
         paths, labels = list_domain(root, domain.name)
         if not paths:
             raise UserError(f"PACS domain {domain.name!r} has no images under {root / 'PACS' / domain.name}")
-        return DomainData(LazyImages(paths), labels, "official")  # type: ignore[arg-type]
+        return DomainData(LazyImages(paths), labels, "official",  # type: ignore[arg-type]
+                          origin=str(root / "PACS" / domain.name))

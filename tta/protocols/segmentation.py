@@ -177,6 +177,9 @@ class SegmentationReader(DatasetReader):
     def size_of(self, domain: Domain) -> tuple[int, int]:
         return self.input_size or self.input_sizes[domain.name]
 
+    def expected_size(self, domain: Domain) -> tuple[int, int]:
+        return self.size_of(domain)
+
     def check(self, domains: list[Domain], root: Path) -> None:
         for domain in domains:
             self.files(domain, root)
@@ -189,7 +192,8 @@ class SegmentationReader(DatasetReader):
         size = self.size_of(domain)
         extras = {"reference": PngStack(references[0], size)} if references else {}
         return DomainData(PngStack(images, size), PngStack(labels, None, label=True, transform=to_train_ids),
-                          "official", extras)
+                          "official", extras, origin=f"{domain.name} images under {root}",
+                          label_origin=f"{domain.name} label maps under {root}")
 
 
 @DATASETS.register("gta5_cityscapes")

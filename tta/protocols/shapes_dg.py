@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from tta.data.synthetic import SIZE
 from tta.data.synthetic_domains import STYLES, generate_domain
 from tta.protocols.base import DatasetReader, DomainData
 from tta.registry import DATASETS
@@ -32,6 +33,7 @@ class ShapesDG(DatasetReader):
 
     domains = STYLES
     has_severity = False
+    image_size = (SIZE // DOWNSAMPLE, SIZE // DOWNSAMPLE)
 
     def load(self, domain: Domain, root: Path) -> DomainData:
         images, labels = _domain(domain.name)

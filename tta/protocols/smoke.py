@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tta.data.corruption_names import BENCHMARK_CORRUPTIONS
-from tta.data.synthetic import generate
+from tta.data.synthetic import SIZE, generate
 from tta.protocols.base import DatasetReader, DomainData
 from tta.registry import DATASETS
 from tta.types import Domain
@@ -43,6 +43,7 @@ class Smoke(DatasetReader):
     """Procedural 10-class shapes (not CIFAR), corrupted on the fly; no files needed."""
 
     domains = tuple(name for name in BENCHMARK_CORRUPTIONS if name != "frost")
+    image_size = (SIZE, SIZE)
 
     def check(self, domains: list[Domain], root: Path) -> None:
         from tta.data.corruptions import ENGINE_VERSION

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tta.data.street_scenes import CLASSES, CONDITIONS, generate
+from tta.data.street_scenes import CLASSES, CONDITIONS, HEIGHT, WIDTH, generate
 from tta.protocols.base import DatasetReader, DomainData
 from tta.registry import DATASETS
 from tta.types import Domain
@@ -28,6 +28,7 @@ class Streets(DatasetReader):
     has_severity = False
     side_inputs = ("reference",)
     classes = CLASSES
+    image_size = (HEIGHT, WIDTH)
 
     def load(self, domain: Domain, root: Path) -> DomainData:
         images, labels, references = generate(TEST_EXAMPLES, seed=TEST_SEED, style=domain.name)
