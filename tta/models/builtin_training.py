@@ -1,12 +1,19 @@
-"""The training loop shared by the built-in offline models (``smoke_cnn``, ``street_seg``).
+"""The training recipes' shared loop for the built-in offline models (``smoke_cnn``, ``street_seg``).
 
-Both train once, seeded, on in-memory tensors and are cached (see
-:func:`tta.models.registry.cached_weights`); they differ only in data, optimizer and
-augmentation, which the caller passes in.
+The built-in checkpoints ship with the package (``tta/models/weights/*.pt``, sha256-checked
+by :func:`tta.models.registry.packaged_weights`); nothing trains on first use. This loop is
+what made them, and stays so they can be regenerated and checked:
+``python benchmarks/retrain_builtin_weights.py smoke_cnn|street_seg --out FILE`` retrains one
+with its recipe (``train_smoke_cnn`` / ``train_street_seg``), saves it and compares it with
+the shipped file; ``tests/test_builtin_weights.py`` checks that a retrain agrees with the
+shipped weights. The two recipes differ only in data, optimizer and augmentation, which the
+caller passes in. Training is seeded, but its floats depend on the processor's kernels, so a
+retrain elsewhere is close to, not equal to, the shipped file: :func:`state_digest` tells.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from typing import Callable
@@ -47,3 +54,17 @@ def train_in_memory(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor, 
             schedule.step()
     print(f"{label} trained in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return model.net.state_dict()
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and values, in key order.
+
+    Unlike the sha256 of a ``torch.save`` file (which embeds the archive's name and a random
+    serialization id), equal tensors always give the same digest: it says whether a retrain
+    reproduced the shipped weights bit for bit.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -6,8 +6,6 @@ family is part of the model (:class:`Normalized`), so protocols never normalize.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from tta.download import sha256_of
 from tta.errors import UserError
 from tta.registry import MODELS
 
@@ -22,6 +21,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IDENTITY_MEAN = (0.0, 0.0, 0.0)
 IDENTITY_STD = (1.0, 1.0, 1.0)
+
+#: where the built-in checkpoints ship (package data, see :func:`packaged_weights`)
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
 @dataclass(frozen=True)
@@ -73,19 +75,19 @@ def create_model(name: str, num_classes: int) -> Normalized:
     return Normalized(net, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
 
 
-def cached_weights(filename: str, train: Callable[[], dict[str, torch.Tensor]]) -> Path:
-    """``<cache>/weights/<filename>``, produced once by ``train()`` and written atomically.
+def packaged_weights(filename: str, sha256: str) -> Path:
+    """``tta/models/weights/<filename>``, a built-in checkpoint shipped with the package, sha256-checked.
 
-    For built-in weights that are trained on the fly (offline defaults): concurrent first
-    uses may both train, but each file appears whole or not at all.
+    The built-in offline models (``builtin:smoke_cnn``, ``builtin:street_seg``) ship as files
+    rather than being trained on first use: float results of CPU training depend on the
+    processor, so only shipped bytes give every machine the same model and the same numbers.
+    A missing or altered file is a one-line :class:`UserError` naming it and the expected hash.
     """
-    from tta.paths import cache_dir
-
-    path = cache_dir() / "weights" / filename
+    path = PACKAGED_WEIGHTS / filename
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = train()
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as handle:
-            torch.save(state, handle)
-        os.replace(handle.name, path)
+        raise UserError(f"built-in weights {path} are missing (expected sha256 {sha256}); reinstall tta-bench")
+    actual = sha256_of(path)
+    if actual != sha256:
+        raise UserError(f"built-in weights {path} have sha256 {actual}, expected {sha256}; "
+                        f"the file is damaged or was replaced: reinstall tta-bench")
     return path
