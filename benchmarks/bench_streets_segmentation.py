@@ -3,7 +3,7 @@
     python benchmarks/bench_streets_segmentation.py [--methods source,bn_adapt,alpha_bn,core,cma] [--store FILE]
 
 Runs ``streets_smoke`` (procedural street scenes; source model ``builtin:street_seg``,
-trained once and cached) for each method, all domains, seed 0, and prints the mIoU per
+shipped with the package) for each method, all domains, seed 0, and prints the mIoU per
 domain with the mean, and ``method_s / n`` (seconds per image spent in the method, CPU).
 A method that fails on segmentation is listed with its one-line error.
 """

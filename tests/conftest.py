@@ -68,7 +68,7 @@ def store_path(tmp_path) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
-    """Keep the smoke model cache outside the repo (reuse $TTA_CACHE when set: training is a minute)."""
+    """Keep the download cache outside the repo (reuse $TTA_CACHE when set)."""
     if not os.environ.get("TTA_CACHE"):
         os.environ["TTA_CACHE"] = str(Path.home() / ".cache" / "tta")
     yield

@@ -4,7 +4,7 @@ Files are read with ``torch.load(weights_only=True)``: tensors and plain contain
 no pickled code runs. Accepted layouts: a bare state dict, or a dict holding it under
 ``state_dict`` / ``model_state_dict`` / ``model``; a DataParallel ``module.`` prefix is
 stripped. ``builtin:NAME`` asks a registered weight provider (e.g. the smoke benchmark's
-model, trained once and cached).
+model, a file shipped with the package).
 """
 
 from __future__ import annotations
