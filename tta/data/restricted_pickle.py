@@ -7,6 +7,7 @@ one *before* anything is called:
 * ``numpy.core.multiarray._reconstruct`` (the name in the authors' Python 2 files; numpy 2
   writes ``numpy._core.multiarray._reconstruct``), ``numpy.ndarray`` and ``numpy.dtype``:
   how a pickled ``ndarray`` rebuilds itself;
+* ``numpy._core.numeric._frombuffer``: how numpy writes an array at protocol 5;
 * ``_codecs.encode``: how Python 3 writes ``bytes`` at protocol 2 (a re-pickled batch).
 
 Dicts, lists, strings, bytes and numbers need no global. Persistent ids are refused by
@@ -21,11 +22,14 @@ from typing import IO, Any
 
 import numpy as np
 
-_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own, whatever its module is called
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's own functions, whatever their module is called
+_FROMBUFFER = np.zeros(0).__reduce_ex__(5)[0]
 
 ADMITTED: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): codecs.encode,
