@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import statistics
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -40,7 +43,10 @@ def test_tables_exports_and_plots(store, tmp_path):
     assert leaderboard.main(["--store", str(store.path), "--out", str(out)]) == 0
     rows = store.rows()
     csv = pd.read_csv(out / "smoke.csv")
-    assert json.loads((out / "smoke.json").read_text()) == json.loads(csv.to_json(orient="records"))
+    exported = pd.DataFrame(json.loads((out / "smoke.json").read_text()))
+    assert list(exported.columns) == list(csv.columns) and len(exported) == len(csv) == 2 * 2 * 3
+    for column in ("label", "domain", "checkpoint_sha256", "error_mean", "error_std", "seeds", "rank", "avg_rank"):
+        pd.testing.assert_series_equal(exported[column], csv[column], check_dtype=False, rtol=1e-9)
     # mean and std over seeds from the raw rows
     for method in ("source", "alpha_bn"):
         errors = [r["error"] for r in rows if r["method"] == method and r["domain"] == "contrast-5"]
@@ -63,23 +69,28 @@ def test_tables_exports_and_plots(store, tmp_path):
         assert (out / link).is_file(), link
         if link.endswith(".png"):
             assert (out / link).read_bytes()[:8] == PNG_MAGIC
-    assert "*Data: procedural.* Dataset `smoke`, protocol `smoke`" in doc
+    assert "*Data: procedural.* Protocol `smoke`, dataset `smoke`" in doc
+    assert f"checkpoint sha256 {rows[0]['checkpoint_sha256'][:12]}" in doc and "batch 32, 48 examples per domain" in doc
     assert rows[0]["git_rev"] in doc and "torch " in doc and "seeds 0, 1" in doc
     assert "| severity 3 " in readme and "| severity 5 " in readme
 
 
+def _shifted(rows, shift):
+    """The same cells with ``error`` moved by ``shift(row)``: what a code change between two stores looks like."""
+    return [{**r, "error": r["error"] + shift(r)} for r in rows]
+
+
 def test_compare_two_stores_and_two_revisions(store, tmp_path, capsys):
+    shift = lambda r: 0.5 * r["seed"] + (1.0 if r["domain"] == "contrast-5" else 0.0)  # noqa: E731
     other = ResultStore(tmp_path / "b.sqlite")
-    _fill(other, 96, severities=(5,))  # the severity-5 cells, more examples per domain: other numbers
+    other.extend(_shifted([r for r in store.rows() if r["severity"] == 5], shift))  # severity-5 cells only
     both, only_a, only_b = leaderboard.compare_frame(store.rows(), other.rows())
     assert len(both) == 2 * 2 and only_a == 2 * 2 and only_b == 0
-    a = {(r["method"], r["severity"], r["domain"], r["seed"]): r["error"] for r in store.rows()}
-    b = {(r["method"], r["severity"], r["domain"], r["seed"]): r["error"] for r in other.rows()}
-    key = ("smoke", "procedural", "episodic", "smoke_cnn", 5, "alpha_bn", "contrast-5")
-    expected = statistics.mean(b[("alpha_bn", 5, "contrast-5", s)] - a[("alpha_bn", 5, "contrast-5", s)]
-                               for s in (0, 1))
-    assert both.loc[key, "delta"] == pytest.approx(expected)
-    assert both["delta"].abs().max() > 0
+    # delta = mean over seeds of the shift: (0 + 0.5) / 2 + 1 on contrast-5
+    cell = both.xs("contrast-5", level="domain").xs("alpha_bn", level="label")
+    assert cell["delta"].tolist() == [pytest.approx(1.25)]
+    gaussian = both.xs("gaussian_noise-5", level="domain")["delta"]
+    assert gaussian.tolist() == [pytest.approx(0.25)] * 2
 
     # the same comparison as two git revisions of rows in one store
     merged = ResultStore(tmp_path / "merged.sqlite")
@@ -93,8 +104,195 @@ def test_compare_two_stores_and_two_revisions(store, tmp_path, capsys):
     assert "Δ mean" in by_store and "4 cells present in both (4 only in A, 0 only in B)" in by_store
 
 
+def test_compare_never_matches_cells_of_another_configuration(store, tmp_path, capsys):
+    """More examples per domain is another cell, not a change of the same one."""
+    other = ResultStore(tmp_path / "n96.sqlite")
+    other.extend({**r, "n": 96} for r in store.rows())
+    both, only_a, only_b = leaderboard.compare_frame(store.rows(), other.rows())
+    assert both.empty and only_a == only_b == 8
+    assert leaderboard.main(["--compare", str(store.path), str(other.path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "no cell" in err[0]
+
+
 def test_compare_unknown_side_is_one_line_error(store, tmp_path, capsys):
     code = leaderboard.main(["--store", str(store.path), "--compare", "nosuchrev", str(store.path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith("error: --compare 'nosuchrev': neither a store file nor a git revision")
+
+
+# -- the grouping rule, on rows built here (exact numbers, no runs) -------------------------------------------
+
+SHA_ERM, SHA_SAM = "e" * 64, "5" * 64
+
+
+def _row(seed=0, domain="sketch", error=75.47, **fields):
+    """A complete result row; ``fields`` override any column (``extra`` merged)."""
+    extra = fields.pop("extra", {})
+    row = {"protocol": "golden_proto", "dataset": "golden_data", "data_source": "generated in the test",
+           "scenario": "episodic", "method": "source", "hparams": {}, "seed": seed, "model": "golden_net",
+           "checkpoint": "/ckpt/a.pt", "checkpoint_sha256": SHA_ERM, "domain": domain,
+           "domain_index": {"photo": 0, "sketch": 1}.get(domain, 2), "severity": None, "batch_size": 64, "n": 100,
+           "error": error, "nll": 1.0, "ece": 0.1, "version": "0.0", "git_rev": "abc123def456",
+           "env": {"torch": "2.0", "device": "cpu", "device_name": "test cpu", "threads": 1},
+           "created_at": "2025-01-01T00:00:00+00:00", "extra": extra, **fields}
+    identity = {k: v for k, v in row.items() if k not in ("domain", "domain_index", "error", "nll", "ece", "n")}
+    row["run_key"] = fields.get("run_key") or hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return row
+
+
+def _records(rows) -> pd.DataFrame:
+    """The exported records (CSV/JSON) of every table the rows make."""
+    frame = leaderboard.frame(rows)
+    return pd.concat([leaderboard.records(group) for _, group in frame.groupby("table")], ignore_index=True)
+
+
+def test_two_checkpoints_are_two_tables_never_one_mean():
+    """The PACS report: ERM's 75.47 and SAM's 75.94 were shown as one 75.70 ± 0.33 "over seeds"."""
+    rows = [_row(error=75.47, checkpoint_sha256=SHA_ERM, extra={"training_method": "erm"}),
+            _row(error=75.94, checkpoint_sha256=SHA_SAM, checkpoint="/ckpt/b.pt", extra={"training_method": "sam"})]
+    records = _records(rows)
+    cells = records[records["domain"] == "sketch"]
+    assert sorted(cells["error_mean"]) == [75.47, 75.94] and set(cells["seeds"]) == {1}
+    assert sorted(cells["checkpoint_sha256"]) == [SHA_SAM, SHA_ERM]
+    doc = leaderboard.render(rows)["golden_proto"]
+    assert "75.70" not in doc and "±" not in doc.split("| method")[1]
+    assert doc.count("\n## ") == 2  # two tables, each heading naming its checkpoint and training method
+    assert "checkpoint sha256 eeeeeeeeeeee" in doc and "checkpoint sha256 555555555555" in doc
+    assert "trained with `erm`" in doc and "trained with `sam`" in doc
+
+
+def test_rows_differing_only_in_the_seed_are_averaged():
+    errors = {0: 10.0, 1: 12.5, 2: 20.0}
+    rows = [_row(seed=s, error=e) for s, e in errors.items()] + [_row(seed=s, domain="photo", error=e / 2)
+                                                                  for s, e in errors.items()]
+    records = _records(rows).set_index("domain")
+    assert records.at["sketch", "seeds"] == 3
+    assert records.at["sketch", "error_mean"] == pytest.approx(statistics.mean(errors.values()))
+    assert records.at["sketch", "error_std"] == pytest.approx(statistics.stdev(errors.values()))
+    # mean over domains per seed (7.5, 9.375, 15), then over seeds
+    per_seed = [(e + e / 2) / 2 for e in errors.values()]
+    assert records.at["mean", "error_mean"] == pytest.approx(statistics.mean(per_seed))
+    assert records.at["mean", "error_std"] == pytest.approx(statistics.stdev(per_seed))
+    doc = leaderboard.render(rows)["golden_proto"]
+    assert doc.count("\n## ") == 1 and "**14.17 ± 5.20**" in doc
+
+
+@pytest.mark.parametrize("field, other", [
+    ("batch_size", {"batch_size": 1}),
+    ("data_fingerprint", {"data_fingerprint": "f00d" * 16}),
+    ("n", {"n": 50}),
+    ("scenario", {"scenario": "continual"}),
+    ("checkpoint_sha256", {"checkpoint_sha256": SHA_SAM}),
+    ("data_source", {"data_source": "official files"}),
+    ("severity", {"severity": 3}),
+    ("pretrained", {"extra": {"pretrained": "timm"}}),
+    ("input_size", {"extra": {"input_size": [3, 224, 224]}}),
+    ("hparams", {"method": "alpha_bn", "hparams": {"alpha": 0.1}}),
+])
+def test_rows_differing_in_anything_but_the_seed_are_not_averaged(field, other):
+    """Seed 0 with the baseline, seed 1 with one field changed: two cells of one seed each, never a mean."""
+    rows = [_row(seed=0, error=10.0), _row(seed=1, error=30.0, **other)]
+    records = _records(rows)
+    cells = records[records["domain"] == "sketch"]
+    assert sorted(cells["error_mean"]) == [10.0, 30.0] and set(cells["seeds"]) == {1}, field
+    doc = leaderboard.render(rows)["golden_proto"]
+    assert "20.00" not in doc and "±" not in doc.split("| method", 1)[1]
+
+
+def test_a_missing_field_never_matches_a_recorded_one():
+    """Rows written before ``data_fingerprint`` existed are their own table, not averaged with newer rows."""
+    rows = [_row(seed=0, error=10.0), _row(seed=1, error=30.0, data_fingerprint="ab" * 32)]
+    doc = leaderboard.render(rows)["golden_proto"]
+    assert "data fingerprint not recorded" in doc and "data fingerprint abababababab" in doc
+    assert set(_records(rows)["seeds"]) == {1}
+
+
+def test_same_cell_and_seed_twice_keeps_the_newest_and_says_so():
+    rows = [_row(seed=0, error=10.0, run_key="old"), _row(seed=0, error=11.0, run_key="new")]
+    records = _records(rows).set_index("domain")
+    assert records.at["sketch", "error_mean"] == 11.0 and records.at["sketch", "seeds"] == 1
+    assert "1 older row(s) with the same table, method, domain and seed were left out" in leaderboard.render(rows)[
+        "golden_proto"]
+
+
+# -- stable output and the golden file ------------------------------------------------------------------------
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _golden_rows() -> list[dict]:
+    """Two checkpoints x three methods x two domains x seeds, one batch-size variant, severities 3 and 5."""
+    rows = []
+    for sha, base in ((SHA_ERM, 20.0), (SHA_SAM, 18.0)):
+        for m, (method, hparams) in enumerate((("source", {}), ("bn_adapt", {}), ("alpha_bn", {"alpha": 0.3}))):
+            for seed in (0, 1, 2):
+                for severity in (3, 5):
+                    for d, domain in enumerate(("photo", "sketch")):
+                        error = base + 7.0 * (2 - m) + 2.5 * d + 0.25 * seed * (m + 1) + severity + 0.125 * seed ** 2
+                        rows.append(_row(seed=seed, domain=f"{domain}-{severity}", error=error, method=method,
+                                         hparams=hparams, checkpoint_sha256=sha, severity=severity,
+                                         domain_index=d, checkpoint=f"/ckpt/{sha[0]}.pt"))
+    rows += [_row(seed=seed, domain=f"{domain}-5", error=50.0 + seed + d, method="bn_adapt", batch_size=1,
+                  severity=5, domain_index=d) for seed in (0, 1) for d, domain in enumerate(("photo", "sketch"))]
+    return rows
+
+
+def _render_store(store_path: Path, out: Path) -> dict[str, bytes]:
+    assert leaderboard.main(["--store", str(store_path), "--out", str(out), "--no-plots"]) == 0
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_golden_markdown_and_byte_identical_regeneration(tmp_path, capsys):
+    store = ResultStore(tmp_path / "golden.sqlite")
+    store.extend(_golden_rows())
+    first = _render_store(store.path, tmp_path / "a")
+    assert sorted(first) == ["README.md", "golden_proto.csv", "golden_proto.json", "golden_proto.md"]
+    # regenerating from the same store: byte-identical markdown, CSV and JSON
+    assert _render_store(store.path, tmp_path / "b") == first
+    # ... and from the same rows stored in another order
+    shuffled = ResultStore(tmp_path / "shuffled.sqlite")
+    shuffled.extend(sorted(_golden_rows(), key=lambda r: (-r["seed"], r["domain"], r["method"])))
+    assert _render_store(shuffled.path, tmp_path / "c") == first
+    capsys.readouterr()
+    for name in ("golden_proto.md", "README.md"):
+        golden = GOLDEN / f"leaderboard_{name}"
+        if os.environ.get("TTA_UPDATE_GOLDEN"):
+            golden.write_bytes(first[name])
+        assert first[name].decode() == golden.read_text(), f"{name} differs from {golden} (TTA_UPDATE_GOLDEN=1 " \
+                                                           "rewrites it after a deliberate change)"
+
+
+# -- defaults and bad paths ---------------------------------------------------------------------------------
+
+
+def test_defaults_are_the_user_store_and_folder(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    monkeypatch.setenv("TTA_HOME", str(home))
+    assert leaderboard.main(["--no-plots"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and str(home / "results.sqlite") in err[0] and "does not exist" in err[0]
+    assert not home.exists()  # a failed start creates nothing
+    ResultStore(home / "results.sqlite").extend(_golden_rows())
+    assert leaderboard.main(["--no-plots"]) == 0
+    assert (home / "leaderboard" / "golden_proto.md").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--store", "{file}/results.sqlite"], "is a file, not a folder"),
+    (["--out", "{file}/board"], "is a file, not a folder"),
+    (["--out", "{file}"], "is a file, not a folder"),
+    (["--out", "{file}/deeper/board"], "is a file, not a folder"),
+])
+def test_bad_store_or_out_is_one_line_before_any_work(tmp_path, capsys, args, message):
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.extend(_golden_rows()[:2])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    argv = ["--store", str(store.path), "--out", str(tmp_path / "board"), *[a.format(file=blocker) for a in args]]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert leaderboard.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created (no board/)

@@ -3,14 +3,22 @@
     python -m tta.leaderboard [--store FILE] [--out DIR] [--no-plots]
     python -m tta.leaderboard --compare A B      # A, B: store files, or git revisions in --store
 
-One table per (protocol, data source, scenario, model, severity): a row per method
-configuration (method plus its non-default hyperparameters), a column per domain in
-protocol order, ``mean`` (over domains) and ``avg rank`` (mean over domains of the
-method's rank in that domain). Values are the error (%) averaged over seeds, ``±`` the
-standard deviation across seeds (ddof 1) where there are several; the best value of each
-column is bold; ``rank`` orders the methods by ``mean``. Each table's caption states where
-its numbers come from: data source, dataset, protocol, model and checkpoint, seeds,
-examples per domain, and the software, device and git revision(s) of the rows.
+One table per run identity but the method and seed (:mod:`tta.cells`): protocol, dataset,
+data source and fingerprint, scenario, model and checkpoint hash, DG training method and
+pretrained weights, input size, batch size, examples per domain, severity. Two checkpoints
+are two tables, never one mean. In a table: a row per method configuration (method plus its
+non-default hyperparameters), a column per domain in protocol order, ``mean`` (over domains)
+and ``avg rank`` (mean over domains of the method's rank in that domain). Values are the
+error (%) averaged over seeds, the only thing a cell averages over; ``±`` the standard
+deviation across seeds (ddof 1) where there are several; the best value of each column is
+bold; ``rank`` orders the methods by ``mean``. Each table's caption names every field its
+rows share, the seeds, and the software, device and git revision(s) of the rows.
+
+Defaults never touch tracked files: ``--store`` is the user store
+(:func:`tta.paths.user_store`) and ``--out`` the user's leaderboard folder
+(:func:`tta.paths.user_leaderboard_dir`); the committed ``leaderboard/`` is written only by
+``benchmarks/make_leaderboard.py``, which names both. The same store gives byte-identical
+markdown, CSV and JSON.
 
 Written to ``<out>/``: ``README.md`` (index: per protocol, error per severity and method,
 with plots), ``<protocol>.md`` (the full tables, with per-domain bar plots), and
@@ -26,15 +34,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from tta.cells import MISSING, TABLE_FIELDS, dedupe, digest, identify
 from tta.cli import Parser, guarded
 from tta.errors import UserError
-from tta.paths import CHECKOUT_ROOT
+from tta.paths import user_leaderboard_dir, user_store
 from tta.store import ResultStore
+from tta.writable import existing_file, output_dir
 
-DEFAULT_STORE = CHECKOUT_ROOT / "leaderboard" / "results.sqlite"
-DEFAULT_OUT = CHECKOUT_ROOT / "leaderboard"
-#: one table per value of these columns
-TABLE_KEYS = ["protocol", "data_source", "dataset", "scenario", "model", "severity"]
+#: shown in every table's heading (the other table fields only where they differ between tables)
+HEADING_FIELDS = ["scenario", "model", "severity"]
 
 
 def method_label(method: str, hparams: dict, defaults: dict | None) -> str:
@@ -56,21 +64,21 @@ def _defaults(method: str) -> dict | None:
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
+    """Rows -> one record per cell and seed, with ``label`` and the table key (:mod:`tta.cells`)."""
+    df = identify(rows)
     defaults = {m: _defaults(m) for m in df["method"].unique()}
     df["label"] = [method_label(m, h, defaults[m]) for m, h in zip(df["method"], df["hparams"])]
-    for key in TABLE_KEYS:
-        if key not in df:
-            df[key] = None
-    df[TABLE_KEYS] = df[TABLE_KEYS].astype(object).where(df[TABLE_KEYS].notna(), "-")
-    return df
+    return dedupe(df)
 
 
 def per_seed(group: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
-    """(label, seed) x domains in protocol order, plus ``mean`` over domains."""
-    order = group.sort_values("domain_index").drop_duplicates("domain")["domain"].tolist()
-    values = group.pivot_table(index=["label", "seed"], columns="domain", values=metric, aggfunc="last")[order]
-    values["mean"] = values.mean(axis=1)
+    """(label, seed) x domains in protocol order, plus ``mean`` over domains (only for a seed that has them all).
+
+    ``group`` is one table of :func:`frame`: at most one row per label, seed and domain.
+    """
+    order = group.sort_values(["domain_index", "domain"]).drop_duplicates("domain")["domain"].tolist()
+    values = group.pivot_table(index=["label", "seed"], columns="domain", values=metric, aggfunc="first")[order]
+    values["mean"] = values.mean(axis=1, skipna=False)
     return values
 
 
@@ -83,14 +91,15 @@ def summary(group: pd.DataFrame, metric: str = "error") -> tuple[pd.DataFrame, p
 def ranks(mean: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """``rank`` (1 = lowest mean error; ties share the lower rank) and ``avg rank`` over domains."""
     domains = [c for c in mean.columns if c != "mean"]
-    return mean["mean"].rank(method="min").astype(int), mean[domains].rank(method="min").mean(axis=1)
+    return (mean["mean"].rank(method="min", na_option="bottom").astype(int),
+            mean[domains].rank(method="min").mean(axis=1))
 
 
 def table(group: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
     """The markdown table of one group: rank, seeds, one column per domain, mean, avg rank."""
     mean, std, seeds = summary(group, metric)
     rank, avg_rank = ranks(mean)
-    best = mean.min(axis=0)
+    best = mean.min(axis=0).map(lambda v: f"{v:.2f}")  # as shown: equal shown values are both bold
     cells = pd.DataFrame(index=mean.index, columns=mean.columns, dtype=object)
     for column in mean.columns:
         for label in mean.index:
@@ -98,14 +107,14 @@ def table(group: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
             text = "" if pd.isna(value) else f"{value:.2f}"
             if text and seeds[label] > 1 and not pd.isna(std.at[label, column]):
                 text += f" ± {std.at[label, column]:.2f}"
-            if text and value == best[column]:
+            if text and f"{value:.2f}" == best[column]:
                 text = f"**{text}**"
             cells.at[label, column] = text
     cells.insert(0, "seeds", seeds)
     cells.insert(0, "rank", rank)
     cells["avg rank"] = avg_rank.map(lambda r: f"{r:.2f}")
     cells.index.name = "method"
-    return cells.loc[rank.sort_values(kind="stable").index]
+    return cells.loc[sorted(mean.index, key=lambda label: (rank[label], label))]
 
 
 def records(group: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
@@ -114,13 +123,26 @@ def records(group: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
     rank, avg_rank = ranks(mean)
     first = group.iloc[0]
     out = []
-    for label in mean.index:
+    for label in sorted(mean.index):
         for domain in mean.columns:
-            out.append({**{k: first[k] for k in TABLE_KEYS}, "method": label.split("(")[0], "label": label,
+            out.append({**{k: first[f"raw_{k}"] for k in TABLE_FIELDS}, "method": label.split("(")[0], "label": label,
                         "domain": domain, f"{metric}_mean": mean.at[label, domain],
                         f"{metric}_std": std.at[label, domain], "seeds": int(seeds[label]),
                         "rank": int(rank[label]), "avg_rank": float(avg_rank[label])})
     return pd.DataFrame(out)
+
+
+#: how each table field reads in headings and captions (``str.format`` with the field's text)
+FIELD_TEXT = {
+    "protocol": "protocol `{}`", "dataset": "dataset `{}`", "data_source": "data {}",
+    "data_fingerprint": "data fingerprint {:.12}", "corruption_engine": "corruption engine version {}",
+    "scenario": "scenario `{}`", "sequence": "domain order {}", "model": "model `{}`",
+    "checkpoint_sha256": "checkpoint sha256 {:.12}", "training_method": "trained with `{}`",
+    "pretrained": "pretrained weights `{}`", "input_size": "input size {}", "batch_size": "batch {}",
+    "examples": "{} examples per domain", "severity": "severity {}",
+}
+#: named in every caption even when missing ("not recorded"); the other missing fields are left out
+ALWAYS_NAMED = {"dataset", "scenario", "model", "checkpoint_sha256", "data_fingerprint", "batch_size", "examples"}
 
 
 def _values(group: pd.DataFrame, column: str) -> str:
@@ -134,17 +156,41 @@ def _env_values(group: pd.DataFrame, key: str) -> str:
     return ", ".join(values) if values else "unknown"
 
 
-def caption(group: pd.DataFrame) -> str:
-    """Where the numbers of one table come from, in one paragraph."""
+#: a field's name where its value is missing ("checkpoint sha256 not recorded")
+FIELD_NAME = {"checkpoint_sha256": "checkpoint sha256", "batch_size": "batch size", "examples": "examples per domain",
+              "data_source": "data source", "sequence": "domain order"}
+
+
+def _field(name: str, value: str) -> str:
+    if value == MISSING:
+        return f"{FIELD_NAME.get(name, name.replace('_', ' '))} not recorded"
+    return FIELD_TEXT[name].format(value)
+
+
+def heading(fields: dict[str, str], varying: set[str]) -> str:
+    """Scenario, model and severity, plus every table field that differs between the protocol's tables."""
+    shown = [f for f in TABLE_FIELDS if (f in HEADING_FIELDS or f in varying) and f != "protocol"]
+    return " · ".join(_field(f, fields[f]) for f in shown if fields[f] != MISSING or f in varying)
+
+
+def caption(group: pd.DataFrame, skip: tuple[str, ...] = ()) -> str:
+    """Where the numbers of one table come from, in one paragraph: every field its rows share.
+
+    The rows of a table differ only in method, domain and seed; ``skip`` names fields that
+    vary on purpose (the index's severity columns) and are listed instead.
+    """
     first = group.iloc[0]
-    severity = _values(group, "severity")
-    sha = _values(group, "checkpoint_sha256")
-    return (f"*Data: {first['data_source']}.* Dataset `{first['dataset']}`, protocol `{first['protocol']}`, "
-            f"scenario `{first['scenario']}`, model `{first['model']}` (checkpoint sha256 {sha[:12]}), "
-            f"severity {severity}; seeds {_values(group, 'seed')}; {_values(group, 'n')} examples per domain, "
-            f"batch {_values(group, 'batch_size')}. Rows from git {_values(group, 'git_rev')}, "
+    constant = [_field(f, first[f]) for f in TABLE_FIELDS if f not in skip and f != "data_source"
+                and (first[f] != MISSING or f in ALWAYS_NAMED)]
+    listed = "".join(f"; {f.replace('_', ' ')} {_values(group, f)}" for f in skip)
+    superseded = int(group["superseded"].iloc[0]) if "superseded" in group else 0
+    note = (f" {superseded} older row(s) with the same table, method, domain and seed were left out (newest kept)."
+            if superseded else "")
+    constant[0] = constant[0][0].upper() + constant[0][1:]
+    return (f"*Data: {first['data_source']}.* {', '.join(constant)}{listed}; seeds {_values(group, 'seed')} "
+            f"(a cell averages only over seeds). Rows from git {_values(group, 'git_rev')}, "
             f"torch {_env_values(group, 'torch')} on {_env_values(group, 'device')} "
-            f"({_env_values(group, 'device_name')}), {_env_values(group, 'threads')} thread(s).")
+            f"({_env_values(group, 'device_name')}), {_env_values(group, 'threads')} thread(s).{note}")
 
 
 def describe_protocol(protocol: str) -> str:
@@ -161,38 +207,48 @@ def _slug(*parts) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", "_".join(str(p) for p in parts)).strip("-").lower()[:80]
 
 
+def _varying(tables: list[tuple]) -> set[str]:
+    return {f for i, f in enumerate(TABLE_FIELDS) if len({key[i] for key in tables}) > 1}
+
+
 def render(rows: list[dict], out: Path | None = None, plots: bool = True,
            regenerate: str | None = None) -> dict[str, str]:
-    """Protocol name -> markdown document; with ``out``, also ``README.md``, CSV, JSON and PNG plots."""
+    """Protocol name -> markdown document; with ``out``, also ``README.md``, CSV, JSON and PNG plots.
+
+    Deterministic: the same rows give byte-identical markdown, CSV and JSON (tables sorted by
+    their key, methods by rank then name, fixed float formats, no timestamps).
+    """
     if not rows:
         return {}
     df = frame(rows)
     docs: dict[str, str] = {}
     index = ["# Leaderboards\n", "Generated by `python -m tta.leaderboard` from the result store"
              + (f"; regenerate with `{regenerate}`" if regenerate else "")
-             + ". Error (%), lower is better: mean over seeds ± std across seeds (ddof 1).\n"]
+             + ". Error (%), lower is better: mean over seeds ± std across seeds (ddof 1). A cell averages "
+               "only rows that differ in nothing but the seed.\n"]
     for protocol, by_protocol in df.groupby("protocol", sort=True):
         parts = [f"# {protocol}\n", f"{describe_protocol(protocol)}.\n",
                  "Error (%) per domain, lower is better; mean over seeds (± std across seeds, "
                  "ddof 1); best per column in bold; `rank` by mean, `avg rank` = mean over domains of the per-domain "
-                 "rank. Generated by `python -m tta.leaderboard` from the result store.\n"]
+                 "rank. One table per checkpoint, data, scenario, batch size, examples per domain and severity: "
+                 "a cell averages only rows that differ in nothing but the seed. "
+                 "Generated by `python -m tta.leaderboard` from the result store.\n"]
         exported = []
         index.append(f"## {protocol}\n\n{describe_protocol(protocol)}.\n")
-        for key, group in by_protocol.groupby(TABLE_KEYS, sort=True):
-            fields = dict(zip(TABLE_KEYS, key))
-            parts.append(f"## {fields['scenario']} · model {fields['model']} · severity {fields['severity']}"
-                         f" · data {fields['data_source']}\n")
+        groups = sorted(by_protocol.groupby("table", sort=False), key=lambda item: item[0])
+        varying = _varying([key for key, _ in groups])
+        for key, group in groups:
+            fields = dict(zip(TABLE_FIELDS, key))
+            parts.append(f"## {heading(fields, varying)}\n")
             parts.append(caption(group) + "\n")
             parts.append(table(group).to_markdown(disable_numparse=True) + "\n")
             exported.append(records(group))
             if out is not None and plots:
                 from tta.plots import domain_bars
 
-                name = (f"{protocol}_{_slug(fields['scenario'], fields['model'], 'sev', fields['severity'])}_"
-                        f"{_slug(fields['data_source'])[:40]}.png")
+                name = f"{protocol}_{_slug(fields['scenario'], fields['model'], 'sev', fields['severity'])}_{digest(key)}.png"
                 domains = per_seed(group).columns.drop("mean").tolist()
-                domain_bars(group, domains, f"{protocol} · {fields['scenario']} · severity {fields['severity']}",
-                            out / name)
+                domain_bars(group, domains, f"{protocol} · {heading(fields, varying)}".replace("`", ""), out / name)
                 parts.append(f"![error per domain]({name})\n")
         docs[protocol] = "\n".join(parts)
         index.extend(_index_section(protocol, by_protocol, out, plots))
@@ -207,18 +263,23 @@ def render(rows: list[dict], out: Path | None = None, plots: bool = True,
 
 
 def _index_section(protocol: str, by_protocol: pd.DataFrame, out: Path | None, plots: bool) -> list[str]:
-    """Per (data source, scenario, model): error (mean over domains) per severity and method."""
+    """Per table key but the severity: error (mean over domains, then over seeds) per severity and method."""
     parts = []
-    keys = ["data_source", "dataset", "scenario", "model"]
-    for key, group in by_protocol.groupby(keys, sort=True):
-        fields = dict(zip(keys, key))
-        seed_means = group.groupby(["label", "severity", "seed"])["error"].mean()
+    at = TABLE_FIELDS.index("severity")
+    by_protocol = by_protocol.assign(index_key=[key[:at] + key[at + 1:] for key in by_protocol["table"]])
+    groups = sorted(by_protocol.groupby("index_key", sort=False), key=lambda item: item[0])
+    varying = _varying([key for key in by_protocol["table"]]) - {"severity"}
+    for _, group in groups:
+        fields = dict(zip(TABLE_FIELDS, group["table"].iloc[0]))
+        # per table (severity): the per-seed mean over domains, for seeds that have every domain
+        seed_means = pd.concat({severity: per_seed(table_)["mean"] for severity, table_ in group.groupby("severity")},
+                               names=["severity"]).dropna()
         stats = seed_means.groupby(level=["label", "severity"]).agg(["mean", "std"])
         grid = stats["mean"].unstack("severity")
         std = stats["std"].unstack("severity")
         # rank on the severities every method has (a method run at severity 5 only is ranked there)
         common = [c for c in grid.columns if grid[c].notna().all()]
-        rank = grid[common].mean(axis=1).rank(method="min").astype(int)
+        rank = grid[common].mean(axis=1).rank(method="min", na_option="bottom").astype(int)
         grid["mean"] = grid.mean(axis=1, skipna=False)
         text = grid.copy().astype(object)
         for column in grid.columns:
@@ -228,20 +289,21 @@ def _index_section(protocol: str, by_protocol: pd.DataFrame, out: Path | None, p
                 spread = "" if pd.isna(s) else f" ± {s:.2f}"
                 text.at[label, column] = "" if pd.isna(value) else f"{value:.2f}{spread}"
         text.insert(0, "rank", rank)
-        text = text.loc[rank.sort_values(kind="stable").index]
+        text = text.loc[sorted(grid.index, key=lambda label: (rank[label], label))]
         text.columns = [c if c in ("rank", "mean") else f"severity {c}" for c in text.columns]
         text.index.name = "method"
         n_domains = group["domain"].str.rsplit("-", n=1).str[0].nunique()
-        parts.append(f"### {fields['scenario']} · model {fields['model']} · data {fields['data_source']}\n")
-        parts.append(caption(group) + f" Values: error averaged over the {n_domains} domains, then over seeds; "
-                     f"`rank` by the mean over severities {', '.join(map(str, common))} (those every method has); "
-                     "`mean` over all severities shown, only where a method has them all.\n")
+        title = heading({**fields, "severity": MISSING}, varying)
+        parts.append(f"### {title}\n")
+        parts.append(caption(group, skip=("severity",)) + f" Values: error averaged over the {n_domains} domains, "
+                     f"then over seeds; `rank` by the mean over severities {', '.join(map(str, common))} (those "
+                     "every method has); `mean` over all severities shown, only where a method has them all.\n")
         parts.append(text.to_markdown(disable_numparse=True) + "\n")
         if out is not None and plots and group["severity"].nunique() > 1:
             from tta.plots import severity_plot
 
-            name = f"{protocol}_{_slug(fields['scenario'], fields['model'], fields['data_source'])}_severity.png"
-            severity_plot(group, f"{protocol} · {fields['scenario']} · {fields['model']}", out / name)
+            name = f"{protocol}_{_slug(fields['scenario'], fields['model'])}_{digest(group['index_key'].iloc[0])}_severity.png"
+            severity_plot(group, f"{protocol} · {title}".replace("`", ""), out / name)
             parts.append(f"![error vs severity]({name})\n")
     return parts
 
@@ -262,15 +324,14 @@ def load_side(spec: str, store: Path) -> tuple[str, list[dict]]:
     return f"git {spec}", list(latest.values())
 
 
-COMPARE_KEYS = ["protocol", "data_source", "scenario", "model", "severity", "label", "domain"]
-
-
 def compare_frame(a_rows: list[dict], b_rows: list[dict]) -> tuple[pd.DataFrame, int, int]:
-    """Cells (``COMPARE_KEYS``) present in both: mean error over seeds in A and B, ``delta`` = B - A.
+    """Cells (table key, label, domain) present in both: mean error over seeds in A and B, ``delta`` = B - A.
 
-    Also returns how many cells only A and only B have.
+    Also returns how many cells only A and only B have. Cells are matched on the whole
+    identity but the seed, so a changed checkpoint, data, batch size or example count is
+    never compared as if it were the same cell.
     """
-    means = [frame(rows).groupby(COMPARE_KEYS)["error"].mean() for rows in (a_rows, b_rows)]
+    means = [frame(rows).groupby(["table", "label", "domain"])["error"].mean() for rows in (a_rows, b_rows)]
     both = pd.concat(means, axis=1, keys=["A", "B"], join="inner").dropna()
     both["delta"] = both["B"] - both["A"]
     return both, len(means[0]) - len(both), len(means[1]) - len(both)
@@ -280,21 +341,23 @@ def compare(a: tuple[str, list[dict]], b: tuple[str, list[dict]]) -> str:
     """Markdown: per table and method, mean error in A and B, B - A, and the largest per-domain change."""
     both, only_a, only_b = compare_frame(a[1], b[1])
     if both.empty:
-        raise UserError(f"{a[0]} and {b[0]} have no (protocol, method, domain, ...) cell in common")
+        raise UserError(f"{a[0]} and {b[0]} have no cell (same protocol, data, checkpoint, batch, method, domain, "
+                        "...) in common")
     parts = [f"# Comparison: A = {a[0]}, B = {b[0]}\n",
              f"Error (%), mean over seeds, on the {len(both)} cells present in both "
              f"({only_a} only in A, {only_b} only in B). Δ = B - A (negative: B is better).\n"]
-    for key, group in both.groupby(level=COMPARE_KEYS[:5], sort=True):
-        fields = dict(zip(COMPARE_KEYS[:5], key))
+    tables = sorted({key for key in both.index.get_level_values("table")})
+    varying = _varying(tables) | {"protocol"}
+    for key in tables:
+        group = both.xs(key, level="table")
         per_label = group.groupby(level="label")
         table_ = pd.DataFrame({"domains": per_label.size(), "A mean": per_label["A"].mean(),
                                "B mean": per_label["B"].mean(), "Δ mean": per_label["delta"].mean(),
                                "max abs Δ": per_label["delta"].apply(lambda d: d.abs().max()),
                                "at domain": per_label["delta"].apply(lambda d: d.abs().idxmax()[-1])})
         table_.index.name = "method"
-        parts.append(f"## {fields['protocol']} · {fields['scenario']} · model {fields['model']} · severity "
-                     f"{fields['severity']} · data {fields['data_source']}\n")
-        parts.append(table_.sort_values("A mean").to_markdown(floatfmt=".2f") + "\n")
+        parts.append(f"## {heading(dict(zip(TABLE_FIELDS, key)), varying)}\n")
+        parts.append(table_.sort_values(["A mean"], kind="stable").to_markdown(floatfmt=".2f") + "\n")
     return "\n".join(parts)
 
 
@@ -302,23 +365,24 @@ def compare(a: tuple[str, list[dict]], b: tuple[str, list[dict]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m tta.leaderboard", description="Render leaderboards (markdown, CSV, JSON, PNG) "
                                                              "from a result store, or compare two.")
-    p.add_argument("--store", default=str(DEFAULT_STORE), help=f"SQLite result store (default {DEFAULT_STORE})")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--store", help=f"SQLite result store (default {user_store()}, the user store; "
+                                   "$TTA_HOME moves it)")
+    p.add_argument("--out", help=f"output folder (default {user_leaderboard_dir()})")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--regenerate", metavar="COMMAND", help="the command that regenerates the store, for README.md")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="print B - A; each a store file or a git revision (prefix) of rows in --store")
     args = p.parse_args(argv)
-    store = Path(args.store).expanduser()
+    store = Path(args.store).expanduser() if args.store else user_store()
     if args.compare:
         print(compare(load_side(args.compare[0], store), load_side(args.compare[1], store)))
         return 0
-    if not store.is_file():
-        raise UserError(f"result store {args.store!r} does not exist (run `python -m tta.run ...` first)")
+    # every argument checked before the store is read or a folder created
+    store = existing_file(store, "result store", "run `python -m tta.run ...` first, or give --store FILE")
+    out = output_dir(args.out if args.out else user_leaderboard_dir())
     rows = ResultStore(store).rows()
     if not rows:
-        raise UserError(f"result store {args.store!r} holds no results yet")
-    out = Path(args.out).expanduser()
+        raise UserError(f"result store {str(store)!r} holds no results yet")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
