@@ -17,9 +17,12 @@
    leaderboard caption repeats it.
 3. ``python -m tta.leaderboard`` renders markdown, CSV, JSON and PNG plots into ``--out``.
 
-Every step is a ``python -m tta.sweep`` on one store (default ``leaderboard/results.sqlite``):
-finished cells are skipped, so a killed regeneration resumes where it stopped, and a rerun
-on a complete store only re-renders. Delete the store to recompute from scratch. The data
+Every step is a ``python -m tta.sweep`` on one store (default ``leaderboard/results.sqlite`` of
+this checkout), and the render reads that store and writes ``leaderboard/``: both are passed
+explicitly (absolute paths) to every ``tta.sweep`` and ``tta.leaderboard`` call, whose own
+defaults are the user's store and folder, so the committed leaderboard is built only from
+its own store and a user's runs never mix into it. Finished cells are skipped, so a killed
+regeneration resumes where it stopped, and a rerun on a complete store only re-renders. Delete the store to recompute from scratch. The data
 folder is never written into the repo.
 """
 
@@ -36,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "leaderboard"  # the committed leaderboard and its own store (= tta.paths.COMMITTED_LEADERBOARD)
 SHARED = REPO.parent / "shared" / "data"
 IMAGES = SHARED / "cifar10_test_jpeg.npz"
 CHECKPOINT = SHARED / "cifar10_resnet20_akamaster.th"
@@ -110,8 +114,8 @@ def registered(names: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--store", type=Path, default=REPO / "leaderboard" / "results.sqlite")
-    p.add_argument("--out", type=Path, default=REPO / "leaderboard")
+    p.add_argument("--store", type=Path, default=COMMITTED / "results.sqlite")
+    p.add_argument("--out", type=Path, default=COMMITTED)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--build-dir", type=Path, default=Path("/tmp/tta-cifar10c-jpeg"))
@@ -121,6 +125,7 @@ def main() -> int:
     p.add_argument("--build-only", action="store_true", help="only build the CIFAR-10-C-layout folder")
     p.add_argument("--no-render", action="store_true", help="run the sweeps, do not render")
     args = p.parse_args()
+    args.store, args.out = args.store.expanduser().resolve(), args.out.expanduser().resolve()
     cifar = not args.skip_cifar and IMAGES.is_file() and CHECKPOINT.is_file()
     data_root = build_cifar10c_layout(args.build_dir) if cifar else None
     if args.build_only:

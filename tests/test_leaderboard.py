@@ -296,3 +296,25 @@ def test_bad_store_or_out_is_one_line_before_any_work(tmp_path, capsys, args, me
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created (no board/)
+
+
+def test_make_leaderboard_names_its_own_store_and_folder_in_every_call(monkeypatch, tmp_path):
+    """The committed leaderboard is built only from its own store: every tta.sweep / tta.leaderboard call names it."""
+    import importlib.util
+    import subprocess
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "make_leaderboard.py"
+    spec = importlib.util.spec_from_file_location("make_leaderboard_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: calls.append(command))
+    monkeypatch.setattr("sys.argv", ["make_leaderboard.py", "--skip-cifar"])
+    monkeypatch.chdir(tmp_path)  # relative defaults would land here
+    assert module.main() == 0
+    committed = path.parents[1] / "leaderboard"
+    assert [c[2] for c in calls] == ["tta.sweep"] * (len(calls) - 1) + ["tta.leaderboard"] and len(calls) >= 2
+    for command in calls:
+        assert command[command.index("--store") + 1] == str(committed / "results.sqlite")
+    assert calls[-1][calls[-1].index("--out") + 1] == str(committed)
+    assert not any(tmp_path.iterdir())

@@ -121,3 +121,47 @@ def dedupe(df: pd.DataFrame, label: str = "label") -> pd.DataFrame:
 def digest(key: tuple) -> str:
     """A short stable hash of a table key (for file names that must not collide)."""
     return hashlib.sha256(json.dumps(list(key)).encode()).hexdigest()[:8]
+
+
+# -- naming a table: headings and captions ------------------------------------------------------------------
+
+#: shown in every table's heading (the other table fields only where they differ between tables)
+HEADING_FIELDS = ["scenario", "model", "severity"]
+#: how each table field reads in headings and captions (``str.format`` with the field's text)
+FIELD_TEXT = {
+    "protocol": "protocol `{}`", "dataset": "dataset `{}`", "data_source": "data {}",
+    "data_fingerprint": "data fingerprint {:.12}", "corruption_engine": "corruption engine version {}",
+    "scenario": "scenario `{}`", "sequence": "domain order {}", "model": "model `{}`",
+    "checkpoint_sha256": "checkpoint sha256 {:.12}", "training_method": "trained with `{}`",
+    "pretrained": "pretrained weights `{}`", "input_size": "input size {}", "batch_size": "batch {}",
+    "examples": "{} examples per domain", "severity": "severity {}",
+}
+#: named in every caption even when missing ("not recorded"); the other missing fields are left out
+ALWAYS_NAMED = {"dataset", "scenario", "model", "checkpoint_sha256", "data_fingerprint", "batch_size", "examples"}
+#: a field's name where its value is missing ("checkpoint sha256 not recorded")
+FIELD_NAME = {"checkpoint_sha256": "checkpoint sha256", "batch_size": "batch size", "examples": "examples per domain",
+              "data_source": "data source", "sequence": "domain order"}
+
+
+def describe(name: str, value: str) -> str:
+    """``checkpoint sha256 0123456789ab``, ``batch 200``; ``data fingerprint not recorded`` when missing."""
+    if value == MISSING:
+        return f"{FIELD_NAME.get(name, name.replace('_', ' '))} not recorded"
+    return FIELD_TEXT[name].format(value)
+
+
+def heading(fields: dict[str, str], varying: set[str]) -> str:
+    """Scenario, model and severity, plus every table field that differs between the protocol's tables."""
+    shown = [f for f in TABLE_FIELDS if f in HEADING_FIELDS or f in varying]
+    return " · ".join(describe(f, fields[f]) for f in shown if fields[f] != MISSING or f in varying)
+
+
+def varying_fields(tables: list[tuple]) -> set[str]:
+    """The table fields whose value differs between the given table keys."""
+    return {f for i, f in enumerate(TABLE_FIELDS) if len({key[i] for key in tables}) > 1}
+
+
+def shared(fields: dict[str, str], skip: tuple[str, ...] = ()) -> list[str]:
+    """Every field a table's rows share, described (missing ones left out unless :data:`ALWAYS_NAMED`)."""
+    return [describe(f, fields[f]) for f in TABLE_FIELDS
+            if f not in skip and (fields[f] != MISSING or f in ALWAYS_NAMED)]

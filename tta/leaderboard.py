@@ -34,15 +34,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from tta.cells import MISSING, TABLE_FIELDS, dedupe, digest, identify
+from tta.cells import MISSING, TABLE_FIELDS, dedupe, digest, heading, identify, shared, varying_fields
 from tta.cli import Parser, guarded
 from tta.errors import UserError
 from tta.paths import user_leaderboard_dir, user_store
 from tta.store import ResultStore
 from tta.writable import existing_file, output_dir
 
-#: shown in every table's heading (the other table fields only where they differ between tables)
-HEADING_FIELDS = ["scenario", "model", "severity"]
 
 
 def method_label(method: str, hparams: dict, defaults: dict | None) -> str:
@@ -132,19 +130,6 @@ def records(group: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-#: how each table field reads in headings and captions (``str.format`` with the field's text)
-FIELD_TEXT = {
-    "protocol": "protocol `{}`", "dataset": "dataset `{}`", "data_source": "data {}",
-    "data_fingerprint": "data fingerprint {:.12}", "corruption_engine": "corruption engine version {}",
-    "scenario": "scenario `{}`", "sequence": "domain order {}", "model": "model `{}`",
-    "checkpoint_sha256": "checkpoint sha256 {:.12}", "training_method": "trained with `{}`",
-    "pretrained": "pretrained weights `{}`", "input_size": "input size {}", "batch_size": "batch {}",
-    "examples": "{} examples per domain", "severity": "severity {}",
-}
-#: named in every caption even when missing ("not recorded"); the other missing fields are left out
-ALWAYS_NAMED = {"dataset", "scenario", "model", "checkpoint_sha256", "data_fingerprint", "batch_size", "examples"}
-
-
 def _values(group: pd.DataFrame, column: str) -> str:
     values = sorted({str(v) for v in group[column].dropna()}) if column in group else []
     return ", ".join(values) if values else "unknown"
@@ -156,23 +141,6 @@ def _env_values(group: pd.DataFrame, key: str) -> str:
     return ", ".join(values) if values else "unknown"
 
 
-#: a field's name where its value is missing ("checkpoint sha256 not recorded")
-FIELD_NAME = {"checkpoint_sha256": "checkpoint sha256", "batch_size": "batch size", "examples": "examples per domain",
-              "data_source": "data source", "sequence": "domain order"}
-
-
-def _field(name: str, value: str) -> str:
-    if value == MISSING:
-        return f"{FIELD_NAME.get(name, name.replace('_', ' '))} not recorded"
-    return FIELD_TEXT[name].format(value)
-
-
-def heading(fields: dict[str, str], varying: set[str]) -> str:
-    """Scenario, model and severity, plus every table field that differs between the protocol's tables."""
-    shown = [f for f in TABLE_FIELDS if (f in HEADING_FIELDS or f in varying) and f != "protocol"]
-    return " · ".join(_field(f, fields[f]) for f in shown if fields[f] != MISSING or f in varying)
-
-
 def caption(group: pd.DataFrame, skip: tuple[str, ...] = ()) -> str:
     """Where the numbers of one table come from, in one paragraph: every field its rows share.
 
@@ -180,8 +148,7 @@ def caption(group: pd.DataFrame, skip: tuple[str, ...] = ()) -> str:
     vary on purpose (the index's severity columns) and are listed instead.
     """
     first = group.iloc[0]
-    constant = [_field(f, first[f]) for f in TABLE_FIELDS if f not in skip and f != "data_source"
-                and (first[f] != MISSING or f in ALWAYS_NAMED)]
+    constant = shared(first, skip=(*skip, "data_source"))
     listed = "".join(f"; {f.replace('_', ' ')} {_values(group, f)}" for f in skip)
     superseded = int(group["superseded"].iloc[0]) if "superseded" in group else 0
     note = (f" {superseded} older row(s) with the same table, method, domain and seed were left out (newest kept)."
@@ -205,10 +172,6 @@ def describe_protocol(protocol: str) -> str:
 
 def _slug(*parts) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", "_".join(str(p) for p in parts)).strip("-").lower()[:80]
-
-
-def _varying(tables: list[tuple]) -> set[str]:
-    return {f for i, f in enumerate(TABLE_FIELDS) if len({key[i] for key in tables}) > 1}
 
 
 def render(rows: list[dict], out: Path | None = None, plots: bool = True,
@@ -236,7 +199,7 @@ def render(rows: list[dict], out: Path | None = None, plots: bool = True,
         exported = []
         index.append(f"## {protocol}\n\n{describe_protocol(protocol)}.\n")
         groups = sorted(by_protocol.groupby("table", sort=False), key=lambda item: item[0])
-        varying = _varying([key for key, _ in groups])
+        varying = varying_fields([key for key, _ in groups])
         for key, group in groups:
             fields = dict(zip(TABLE_FIELDS, key))
             parts.append(f"## {heading(fields, varying)}\n")
@@ -268,7 +231,7 @@ def _index_section(protocol: str, by_protocol: pd.DataFrame, out: Path | None, p
     at = TABLE_FIELDS.index("severity")
     by_protocol = by_protocol.assign(index_key=[key[:at] + key[at + 1:] for key in by_protocol["table"]])
     groups = sorted(by_protocol.groupby("index_key", sort=False), key=lambda item: item[0])
-    varying = _varying([key for key in by_protocol["table"]]) - {"severity"}
+    varying = varying_fields([key for key in by_protocol["table"]]) - {"severity"}
     for _, group in groups:
         fields = dict(zip(TABLE_FIELDS, group["table"].iloc[0]))
         # per table (severity): the per-seed mean over domains, for seeds that have every domain
@@ -347,7 +310,7 @@ def compare(a: tuple[str, list[dict]], b: tuple[str, list[dict]]) -> str:
              f"Error (%), mean over seeds, on the {len(both)} cells present in both "
              f"({only_a} only in A, {only_b} only in B). Δ = B - A (negative: B is better).\n"]
     tables = sorted({key for key in both.index.get_level_values("table")})
-    varying = _varying(tables) | {"protocol"}
+    varying = varying_fields(tables) | {"protocol"}
     for key in tables:
         group = both.xs(key, level="table")
         per_label = group.groupby(level="label")
