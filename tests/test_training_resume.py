@@ -28,7 +28,7 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 
 def final_state(out):
     last = torch.load(out / "last.pt", weights_only=True)
-    return last, torch.load(out / "best.pt", weights_only=True)
+    return last, torch.load(out / "best.pt", weights_only=True)["state_dict"]
 
 
 def test_stopped_run_resumes_bit_for_bit(tmp_path):

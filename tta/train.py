@@ -1,7 +1,7 @@
 """``python -m tta.train``: train a DG source model, or the whole leave-one-domain-out grid.
 
     python -m tta.train --method sam --protocol pacs --target sketch [--seed 0] [--hp rho=0.1]
-                        [--steps N] [--out DIR] [--pretrained PATH]
+                        [--steps N] [--out DIR] [--pretrained PATH] [--bn train|frozen]
     python -m tta.train --benchmark --protocol shapes_dg --seeds 0,1,2
                         [--methods erm,sam,udim,ridg] [--tta source,alpha_bn] [--workers 2]
     python -m tta.train --report --protocol pacs        # the DG table from the store only
@@ -11,6 +11,15 @@ One training writes ``best.pt`` (use it with ``python -m tta.run --checkpoint``)
 ``last.pt``, ``log.jsonl`` and ``summary.json`` to ``--out`` (default: under the tta
 cache, ``train/<protocol>/<method>/<target>/seed<K>-<hash>``); rerunning the same command
 resumes a killed run. See :mod:`tta.training.loop` and :mod:`tta.training.benchmark`.
+
+Every argument is checked before anything is written: a refused start (unknown name, bad
+value, unreadable ``--pretrained``, unwritable ``--out``) prints one ``error:`` line, exits
+2 and leaves no file behind. ``--pretrained none`` with frozen BatchNorm: see
+:mod:`tta.training.model` (explicit ``--bn frozen`` is refused; a recipe's default becomes
+``train``, with a one-line notice).
+
+The ``--benchmark`` / ``--report`` store and table default to the user's tta folder
+(:func:`tta.paths.user_home`), never the checkout's tracked ``leaderboard/``.
 """
 
 from __future__ import annotations
@@ -23,10 +32,16 @@ from pathlib import Path
 from tta.cli import Parser, guarded
 from tta.errors import UserError
 from tta.hparams import parse_assignments
-from tta.paths import CHECKOUT_ROOT
+from tta.paths import user_home, user_leaderboard_dir
 
-DEFAULT_STORE = CHECKOUT_ROOT / "leaderboard" / "dg_results.sqlite"
-DEFAULT_TABLE_DIR = CHECKOUT_ROOT / "leaderboard"
+
+def default_store() -> Path:
+    """The DG result store of ``--benchmark`` / ``--report`` (the user's, never a tracked file)."""
+    return user_home() / "dg_results.sqlite"
+
+
+def default_table_dir() -> Path:
+    return user_leaderboard_dir()
 
 
 def build_parser() -> Parser:
@@ -40,7 +55,10 @@ def build_parser() -> Parser:
     p.add_argument("--checkpoint-every", type=int, help="steps between validation/checkpoints")
     p.add_argument("--batch-size", type=int, help="examples per source domain per step")
     p.add_argument("--model", help="network (registered or timm name, e.g. resnet18); default: the recipe's")
-    p.add_argument("--pretrained", help="ImageNet weights file for the backbone (offline); default: the recipe's")
+    p.add_argument("--pretrained", help="ImageNet weights file for the backbone (offline), timm, or none "
+                   "(random init); default: the recipe's")
+    p.add_argument("--bn", choices=("train", "frozen"), help="BatchNorm while training: train (re-estimate statistics) "
+                   "or frozen (keep the pretrained ones; needs --pretrained); default: the recipe's")
     p.add_argument("--out", help="output folder of one training run")
     p.add_argument("--data-root", help="data root (default: $TTA_DATA, else the checkout's datasets/)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
@@ -52,8 +70,9 @@ def build_parser() -> Parser:
     p.add_argument("--seeds", default="0,1,2", help="benchmark: seeds")
     p.add_argument("--targets", help="benchmark: targets (default: every domain)")
     p.add_argument("--workers", type=int, default=2, help="benchmark: training processes (default 2)")
-    p.add_argument("--store", default=str(DEFAULT_STORE), help=f"benchmark: result store (default {DEFAULT_STORE})")
-    p.add_argument("--table", help="benchmark: markdown output (default leaderboard/dg_<protocol>.md)")
+    p.add_argument("--store", help="benchmark: result store (default $TTA_HOME/dg_results.sqlite, "
+                   "see tta.paths.user_home)")
+    p.add_argument("--table", help="benchmark: markdown output (default $TTA_HOME/leaderboard/dg_<protocol>.md)")
     p.add_argument("--list", action="store_true", help="list training methods and their hyperparameters")
     return p
 
@@ -102,9 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         protocol=args.protocol, method=args.method, target=args.target, seed=args.seed,
         hparams=parse_assignments(args.hp), steps=args.steps, checkpoint_every=args.checkpoint_every,
         batch_size=args.batch_size, pretrained=args.pretrained, model=args.model, out=args.out, data_root=args.data_root,
-        device=args.device))
+        device=args.device, bn=args.bn))
+    for notice in training.notices:
+        print(notice, file=sys.stderr)
     print(f"{training.protocol.name}: {args.method} {training.hp} sources {[d.name for d in training.sources]} "
-          f"-> target {training.target.name}, seed {args.seed}, {training.steps} steps -> {training.out}", file=sys.stderr)
+          f"-> target {training.target.name}, seed {args.seed}, {training.steps} steps, {training.model_name} "
+          f"(pretrained {training.pretrained}, bn {training.bn}) -> {training.out}", file=sys.stderr)
     summary = training.run(on_line=_print_eval)
     print(json.dumps({k: summary[k] for k in ("step", "val_acc", "target_acc", "checkpoint")}))
     return 0
@@ -119,7 +141,7 @@ def _print_eval(line: dict) -> None:
 def table_command(args) -> int:
     from tta.store import ResultStore
 
-    store = ResultStore(args.store)
+    store = ResultStore(args.store or default_store())
     started = time.perf_counter()
     if args.report:
         from tta.protocols import find_spec
@@ -141,8 +163,9 @@ def table_command(args) -> int:
                                  _names(args.targets) if args.targets else None, store, workers=args.workers,
                                  steps=args.steps, data_root=args.data_root, device=args.device,
                                  on_line=lambda text: print(text, file=sys.stderr, flush=True))
-    out = Path(args.table) if args.table else DEFAULT_TABLE_DIR / f"dg_{Path(args.protocol).stem}.md"
+    out = Path(args.table) if args.table else default_table_dir() / f"dg_{Path(args.protocol).stem}.md"
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(markdown)
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror}") from None

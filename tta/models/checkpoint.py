@@ -112,3 +112,47 @@ def load_into(net: nn.Module, ref: str, sha256: str | None = None) -> LoadedChec
         raise UserError(f"checkpoint {str(path)!r} does not fit model {type(net).__name__}: {'; '.join(parts)}")
     net.load_state_dict({**own, **state}, strict=True)
     return LoadedCheckpoint(path, sha256_of(path))
+
+
+#: key of the plain-data metadata a training run stores next to the state dict
+META_KEY = "tta_meta"
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, str | int | float]:
+    """The metadata a checkpoint carries (``{}`` for a file without it).
+
+    ``tta.train`` saves ``{"state_dict": ..., "tta_meta": {...}}``: model, num_classes,
+    training_method, recipe, pretrained (+ pretrained_sha256), bn, seed, protocol, target,
+    sources, hparams (a JSON string), key, step; plain str/int/float values only, so a
+    weights-only load reads it. Read with ``torch.load(weights_only=True)`` (memory-mapped
+    where the format allows, so the tensors are not read); an unreadable file is the same
+    one-line :class:`UserError` as :func:`read_state_dict`.
+    """
+    path = Path(path)
+    head = _read_head(path)
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) format: mmap unsupported
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever a malformed file makes torch raise, one line
+        kind = next((name for magic, name in _FORMATS.items() if head.startswith(magic)), None)
+        what = "" if kind else f"; it is neither a zip archive nor a pickle (starts with {head!r})"
+        raise UserError(f"checkpoint {str(path)!r} is not a readable weights-only PyTorch file "
+                        f"({load_failure(exc)}){what}") from None
+    meta = obj.get(META_KEY) if isinstance(obj, dict) else None
+    if not isinstance(meta, dict):
+        return {}
+    return {str(k): v for k, v in meta.items() if isinstance(v, (str, int, float))}
+
+
+def _read_head(path: Path) -> bytes:
+    """The first 4 bytes of ``path`` (to name its format in an error); unreadable or empty -> :class:`UserError`."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise UserError(f"checkpoint {str(path)!r} cannot be read ({exc.strerror})") from None
+    if not head:
+        raise UserError(f"checkpoint {str(path)!r} is an empty file")
+    return head

@@ -48,7 +48,9 @@ from tta.protocols import Protocol, find_spec
 from tta.registry import TRAINING_METHODS
 from tta.streams import rng_for, to_tensor
 from tta.training.augment import AUGMENTATIONS
-from tta.training.model import build_model, set_train_mode
+from tta.download import sha256_of
+from tta.models.checkpoint import resolve as resolve_weights
+from tta.training.model import bn_mode, build_model, check_pretrained, file_stamp, set_train_mode
 from tta.training.spec import find_recipe
 
 EVAL_BATCH = 256
@@ -71,6 +73,7 @@ class TrainConfig:
     out: str | None = None
     data_root: str | None = None
     device: str = "cpu"
+    bn: str | None = None
 
 
 @dataclass
@@ -103,25 +106,45 @@ class Training:
             raise UserError(f"target {config.target!r} is not among the domains {', '.join(names)}")
         self.target = next(d for d in domains if d.name == config.target)
         self.sources = [d for d in domains if d.name != config.target]
-        self.steps = config.steps or self.recipe.steps
-        self.every = config.checkpoint_every or self.recipe.checkpoint_every
-        self.batch_size = config.batch_size or self.recipe.batch_size
-        for name, value in (("--steps", self.steps), ("checkpoint_every", self.every), ("batch size", self.batch_size)):
-            if value < 1:
-                raise UserError(f"{name} must be at least 1, got {value}")
+        self.steps = _given(config.steps, self.recipe.steps)
+        self.every = _given(config.checkpoint_every, self.recipe.checkpoint_every)
+        self.batch_size = _given(config.batch_size, self.recipe.batch_size)
+        for name, value in (("--steps", self.steps), ("--checkpoint-every", self.every),
+                            ("--batch-size", self.batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be an integer of at least 1, got {value!r}")
         self.model_name = config.model or self.recipe.model or self.spec.model
         self.pretrained = config.pretrained or self.recipe.pretrained
+        self.bn, notice = bn_mode(config.bn, self.recipe.bn, self.pretrained)
+        #: one-line notices for the user (the CLI prints them): a default that had to change
+        self.notices = [notice] if notice else []
         self.device = resolve_device(config.device)
         self.protocol.reader.check(domains, self.protocol.root)
+        self.out = Path(config.out).expanduser() if config.out else None
+        if self.out is not None:
+            check_out_dir(self.out)
+        check_pretrained(self.model_name, self.spec.num_classes, self.pretrained, file_stamp(self.pretrained))
+        self.pretrained_sha256 = pretrained_digest(self.pretrained)
         self.identity = {
             "protocol": self.protocol.name, "dataset": self.spec.dataset, "method": config.method, "hparams": self.hp,
             "target": self.target.name, "sources": [d.name for d in self.sources], "seed": config.seed,
             "steps": self.steps, "checkpoint_every": self.every, "batch_size": self.batch_size,
-            "model": self.model_name, "pretrained": self.pretrained, "bn": self.recipe.bn,
+            "model": self.model_name, "pretrained": self.pretrained, "bn": self.bn,
             "augment": self.recipe.augment, "holdout_fraction": self.recipe.holdout_fraction,
         }
+        if self.pretrained_sha256:
+            self.identity["pretrained_sha256"] = self.pretrained_sha256
         self.key = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:12]
-        self.out = Path(config.out).expanduser() if config.out else default_out(self.identity, self.key)
+        if self.out is None:
+            self.out = default_out(self.identity, self.key)
+            check_out_dir(self.out)
+        self.meta = {
+            "model": self.model_name, "num_classes": self.spec.num_classes, "training_method": self.config.method,
+            "recipe": self.recipe.name, "pretrained": self.pretrained, "pretrained_sha256": self.pretrained_sha256,
+            "bn": self.bn, "seed": self.config.seed, "protocol": self.protocol.name, "target": self.target.name,
+            "sources": ",".join(d.name for d in self.sources), "hparams": json.dumps(self.hp, sort_keys=True),
+            "key": self.key,
+        }
 
     # -- data ---------------------------------------------------------------------------
     def load_splits(self) -> tuple[list[Split], Split]:
@@ -156,25 +179,33 @@ class Training:
         summary_path = self.out / "summary.json"
         if summary_path.is_file() and self._same_run():
             return json.loads(summary_path.read_text())
-        self.out.mkdir(parents=True, exist_ok=True)
-        if not self._same_run() and (self.out / "config.json").is_file():
+        if not self._same_run() and any((self.out / name).is_file() for name in ("last.pt", "summary.json")):
             raise UserError(f"{self.out} holds a different training run; give another --out")
-        _write_atomic(self.out / "config.json", json.dumps(self.identity, indent=1, sort_keys=True).encode())
+        # everything that can fail on the user's input happens before the first file is written
         torch.manual_seed(self.config.seed)
         self.model = build_model(self.model_name, self.spec.num_classes, self.pretrained).to(self.device)
         self.method.setup(self.model, self.spec.num_classes, self.steps)
         augment = AUGMENTATIONS.get(self.recipe.augment)()
         best = {"val_acc": -1.0, "step": 0}
         start = 0
-        if (self.out / "last.pt").is_file():
+        resuming = self._same_run() and (self.out / "last.pt").is_file()
+        if resuming:
             start, best = self._resume()
-        _truncate_log(self.out / "log.jsonl", start)
         sources, target = self.load_splits()
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create --out {str(self.out)!r} ({exc.strerror or exc})") from None
+        if not resuming:  # a folder without a checkpoint holds no progress worth keeping
+            for name in ("log.jsonl", "best.pt"):
+                (self.out / name).unlink(missing_ok=True)
+        _write_atomic(self.out / "config.json", json.dumps(self.identity, indent=1, sort_keys=True).encode())
+        _truncate_log(self.out / "log.jsonl", start)
         started = time.perf_counter()
         with open(self.out / "log.jsonl", "a") as log:
             for step in range(start + 1, self.steps + 1):
                 torch.manual_seed(self.config.seed * 1_000_003 + step)
-                set_train_mode(self.model, self.recipe.bn)
+                set_train_mode(self.model, self.bn)
                 batches = [self.minibatch(split, step - 1) for split in sources]
                 losses = self.method.update([(augment(x), y) for x, y in batches])
                 self._log(log, {"step": step, **losses}, on_line)
@@ -196,11 +227,13 @@ class Training:
         improved = val_acc > best["val_acc"]
         if improved:
             best = {"val_acc": val_acc, "step": step, "val": val, "target_acc": target_acc}
-            _save_atomic(self.out / "best.pt", self.model.net.state_dict())
+            _save_atomic(self.out / "best.pt", {"state_dict": self.model.net.state_dict(),
+                                                "tta_meta": {**self.meta, "step": step}})
         self._log(log, {"step": step, "eval": True, "val_acc": val_acc, "val": val, "target_acc": target_acc,
                         "best_step": best["step"]}, on_line)
         _save_atomic(self.out / "last.pt", {"step": step, "model": self.model.state_dict(),
-                                            "method": self.method.state_dict(), "best": json.dumps(best)})
+                                            "method": self.method.state_dict(), "best": json.dumps(best),
+                                            "tta_meta": {**self.meta, "step": step}})
         return best
 
     def _resume(self) -> tuple[int, dict[str, Any]]:
@@ -223,6 +256,33 @@ class Training:
         log.flush()
         if on_line is not None:
             on_line(line)
+
+
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless it was not given (``None``): 0 is a value to check, not "the default"."""
+    return default if value is None else value
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output folder that cannot be created or written, before any work (creates nothing)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} exists and is not a folder")
+    existing = out
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out {str(out)!r} cannot be created: {str(existing)!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {str(out)!r} is not writable (no write permission on {str(existing)!r})")
+
+
+def pretrained_digest(pretrained: str) -> str:
+    """sha256 of a local pretrained weights file (part of the run's identity), ``""`` otherwise."""
+    if pretrained in ("none", "timm"):
+        return ""
+    return sha256_of(resolve_weights(pretrained))
 
 
 def epoch_positions(n: int, batch_size: int, step: int, seed: int, key: str) -> np.ndarray:
