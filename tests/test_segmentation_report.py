@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from tta.seg_leaderboard import main
 from tta.segmentation_report import segmentation_tables
 from tta.store import ResultStore
@@ -10,7 +13,8 @@ from tta.store import ResultStore
 def _row(method, domain, seed, miou, iou, index):
     return {"protocol": "streets_smoke", "dataset": "streets", "model": "street_seg", "scenario": "episodic",
             "method": method, "hparams": {}, "seed": seed, "domain": domain, "domain_index": index,
-            "run_key": f"{method}{seed}", "created_at": "now", "extra": {"miou": miou, "iou": iou}}
+            "run_key": f"{method}{seed}", "created_at": "now", "extra": {"miou": miou, "iou": iou},
+            "data_source": "generated in the test", "checkpoint_sha256": "c" * 64, "batch_size": 4, "n": 10}
 
 
 ROWS = [
@@ -46,3 +50,45 @@ def test_cli_writes_the_leaderboard(tmp_path, capsys):
     assert "streets_smoke — street_seg, episodic" in (tmp_path / "seg.md").read_text()
     assert main(["--store", str(tmp_path / "missing.sqlite")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_two_checkpoints_are_two_tables_never_one_mean():
+    rows = [{**_row("source", "fog", 0, 40.0, [40.0] * 7, 0), "checkpoint_sha256": "a" * 64},
+            {**_row("source", "fog", 1, 50.0, [50.0] * 7, 0), "checkpoint_sha256": "b" * 64, "run_key": "other"}]
+    tables = segmentation_tables(rows)
+    assert len(tables) == 2
+    text = "\n".join(tables.values())
+    assert "45.0" not in text and "±" not in text
+    assert "checkpoint sha256 aaaaaaaaaaaa" in text and "checkpoint sha256 bbbbbbbbbbbb" in text
+
+
+def test_golden_markdown_is_stable(tmp_path, capsys):
+    """The CLI's markdown on a small store: equal to the committed golden file, and to itself from shuffled rows."""
+    outputs = []
+    for name, rows in (("a", ROWS), ("b", ROWS[::-1])):
+        store = ResultStore(tmp_path / f"{name}.sqlite")
+        store.extend(rows)
+        assert main(["--store", str(store.path), "--out", str(tmp_path / f"{name}.md")]) == 0
+        outputs.append((tmp_path / f"{name}.md").read_text())
+    assert outputs[0] == outputs[1]
+    golden = Path(__file__).parent / "golden" / "seg_leaderboard.md"
+    if os.environ.get("TTA_UPDATE_GOLDEN"):
+        golden.write_text(outputs[0])
+    assert outputs[0] == golden.read_text(), f"differs from {golden} (TTA_UPDATE_GOLDEN=1 rewrites it)"
+
+
+def test_default_store_is_the_users_and_bad_paths_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TTA_HOME", str(tmp_path / "home"))
+    assert main([]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and str(tmp_path / "home" / "results.sqlite") in err[0]
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.extend(ROWS)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for argv in (["--store", str(blocker / "r.sqlite")], ["--store", str(store.path), "--out", str(blocker / "s.md")],
+                 ["--store", str(store.path), "--out", str(tmp_path)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and ("is a file" in err[0] or "is a folder" in err[0])
+    assert not (tmp_path / "home").exists()

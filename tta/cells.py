@@ -161,7 +161,13 @@ def varying_fields(tables: list[tuple]) -> set[str]:
     return {f for i, f in enumerate(TABLE_FIELDS) if len({key[i] for key in tables}) > 1}
 
 
-def shared(fields: dict[str, str], skip: tuple[str, ...] = ()) -> list[str]:
-    """Every field a table's rows share, described (missing ones left out unless :data:`ALWAYS_NAMED`)."""
-    return [describe(f, fields[f]) for f in TABLE_FIELDS
-            if f not in skip and (fields[f] != MISSING or f in ALWAYS_NAMED)]
+def shared(fields: dict[str, str], skip: tuple[str, ...] = ()) -> str:
+    """Every field a table's rows share, as a caption: ``*Data: <source>.* Protocol `p`, dataset `d`, ...``.
+
+    Missing fields are left out unless :data:`ALWAYS_NAMED` (then "not recorded").
+    """
+    source = "*Data source not recorded.*" if fields["data_source"] == MISSING else f"*Data: {fields['data_source']}.*"
+    parts = [describe(f, fields[f]) for f in TABLE_FIELDS
+             if f not in (*skip, "data_source") and (fields[f] != MISSING or f in ALWAYS_NAMED)]
+    text = ", ".join(parts)
+    return f"{source} {text[:1].upper()}{text[1:]}"

@@ -148,13 +148,11 @@ def caption(group: pd.DataFrame, skip: tuple[str, ...] = ()) -> str:
     vary on purpose (the index's severity columns) and are listed instead.
     """
     first = group.iloc[0]
-    constant = shared(first, skip=(*skip, "data_source"))
     listed = "".join(f"; {f.replace('_', ' ')} {_values(group, f)}" for f in skip)
     superseded = int(group["superseded"].iloc[0]) if "superseded" in group else 0
     note = (f" {superseded} older row(s) with the same table, method, domain and seed were left out (newest kept)."
             if superseded else "")
-    constant[0] = constant[0][0].upper() + constant[0][1:]
-    return (f"*Data: {first['data_source']}.* {', '.join(constant)}{listed}; seeds {_values(group, 'seed')} "
+    return (f"{shared(first, skip)}{listed}; seeds {_values(group, 'seed')} "
             f"(a cell averages only over seeds). Rows from git {_values(group, 'git_rev')}, "
             f"torch {_env_values(group, 'torch')} on {_env_values(group, 'device')} "
             f"({_env_values(group, 'device_name')}), {_env_values(group, 'threads')} thread(s).{note}")

@@ -11,6 +11,10 @@ IoU per class, percent, ``None`` where a class has an empty union) — see
 Values are means over seeds (``±`` standard deviation, ddof 1, where there are several);
 the best value of each column is bold. Class names come from the dataset reader's
 ``classes`` when it has them.
+
+Tables follow the one grouping rule of :mod:`tta.cells`: one table per run identity but the
+method and seed (checkpoint, data, batch size, examples per domain, ...), so a cell averages
+only rows that differ in nothing but the seed; each table's caption names what its rows share.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from statistics import mean, stdev
 
 from tabulate import tabulate
 
-GROUP_KEYS = ("protocol", "model", "scenario")
+from tta.cells import MISSING, TABLE_FIELDS, dedupe, describe, digest, identify, shared, varying_fields
 
 
 def method_label(row: dict) -> str:
@@ -53,45 +57,68 @@ def _cell(values: list[float]) -> tuple[float, str]:
 
 
 def _bold_best(cells: dict[str, dict[str, tuple[float, str]]], columns: list[str]) -> list[list[str]]:
-    best = {c: max((cells[m][c][0] for m in cells if not math.isnan(cells[m][c][0])), default=math.nan) for c in columns}
-    body = []
-    for method in sorted(cells, key=lambda m: -cells[m][columns[-1]][0] if not math.isnan(cells[m][columns[-1]][0]) else 0):
-        body.append([method] + [f"**{cells[method][c][1]}**" if cells[method][c][0] == best[c] else cells[method][c][1]
-                                for c in columns])
-    return body
+    """Rows sorted by the last column (best first, then by name); the best value of each column bold (as shown)."""
+    def shown(method: str, column: str) -> str:
+        return cells[method][column][1].split(" ± ")[0]
+
+    best = {}
+    for c in columns:
+        present = [m for m in cells if not math.isnan(cells[m][c][0])]
+        best[c] = shown(max(present, key=lambda m: cells[m][c][0]), c) if present else None
+    last = columns[-1]
+    order = sorted(cells, key=lambda m: (math.isnan(cells[m][last][0]),
+                                         -cells[m][last][0] if not math.isnan(cells[m][last][0]) else 0, m))
+    return [[m] + [f"**{cells[m][c][1]}**" if best[c] is not None and shown(m, c) == best[c] and
+                   not math.isnan(cells[m][c][0]) else cells[m][c][1] for c in columns] for m in order]
 
 
 def segmentation_tables(rows: list[dict]) -> dict[str, str]:
-    """Markdown per (protocol, model, scenario) group, keyed ``protocol/model/scenario``."""
+    """Markdown per table (:mod:`tta.cells`), keyed ``protocol/model/scenario/<hash of the table key>``."""
     rows = [r for r in rows if isinstance(r.get("extra"), dict) and r["extra"].get("miou") is not None]
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        groups[tuple(row.get(k) for k in GROUP_KEYS)].append(row)
+    if not rows:
+        return {}
+    frame = identify(rows)
+    frame["label"] = [method_label(r) for r in rows]
+    frame = dedupe(frame)  # one row per table, label, domain and seed (the newest)
+    tables = sorted(frame.groupby("table", sort=False), key=lambda item: item[0])
+    varying = varying_fields([key for key, _ in tables])
     out = {}
-    for key, group in sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))):
-        out["/".join(map(str, key))] = _render_group(key, group)
+    for key, group in tables:
+        fields = dict(zip(TABLE_FIELDS, key))
+        name = "/".join([fields["protocol"], fields["model"], fields["scenario"], digest(key)])
+        out[name] = _render_group(fields, varying, [(label, rows[i]) for i, label in zip(group.index, group["label"])],
+                                  int(group["superseded"].iloc[0]))
     return out
 
 
-def _render_group(key: tuple, group: list[dict]) -> str:
-    protocol, model, scenario = key
-    domains = sorted({r["domain"] for r in group}, key=lambda d: min(r.get("domain_index") or 0 for r in group
-                                                                   if r["domain"] == d))
+def _render_group(fields: dict[str, str], varying: set[str], group: list[tuple[str, dict]], superseded: int) -> str:
+    protocol, model, scenario = fields["protocol"], fields["model"], fields["scenario"]
+    domains = sorted({r["domain"] for _, r in group},
+                     key=lambda d: (min(r.get("domain_index") or 0 for _, r in group if r["domain"] == d), d))
     by_method: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for row in group:
-        by_method[method_label(row)][row["domain"]].append(row)
-    lines = [f"## {protocol} — {model}, {scenario}", "", "mIoU (%), higher is better; `mean` over domains.", ""]
+    for label, row in group:
+        by_method[label][row["domain"]].append(row)
+    # the fields that tell this table from the others (and the severity, where there is one)
+    told = [f for f in TABLE_FIELDS if f not in ("protocol", "model", "scenario")
+            and (f in varying or (f == "severity" and fields[f] != MISSING))]
+    title = f"## {protocol} — {model}, {scenario}" + "".join(f" · {describe(f, fields[f])}" for f in told)
+    seeds = ", ".join(sorted({str(r.get("seed")) for _, r in group}))
+    note = (f" {superseded} older row(s) with the same table, method, domain and seed were left out (newest kept)."
+            if superseded else "")
+    lines = [title, "", shared(fields) + f"; seeds {seeds} (a cell averages only over seeds).{note}", "",
+             "mIoU (%), higher is better; `mean` over domains.", ""]
     cells = {}
     for method, per_domain in by_method.items():
         cells[method] = {d: _cell([r["extra"]["miou"] for r in per_domain.get(d, [])]) for d in domains}
-        seeds = defaultdict(list)
+        per_seed = defaultdict(list)
         for d in domains:
             for r in per_domain.get(d, []):
-                seeds[r.get("seed")].append(r["extra"]["miou"])
-        complete = [mean(v) for v in seeds.values() if len(v) == len(domains)]
+                per_seed[r.get("seed")].append(r["extra"]["miou"])
+        complete = [mean(v) for v in per_seed.values() if len(v) == len(domains)]
         cells[method]["mean"] = _cell(complete)
     columns = [*domains, "mean"]
     lines.append(tabulate(_bold_best(cells, columns), headers=["method", *columns], tablefmt="github"))
+    group = [row for _, row in group]
     dataset = group[0].get("dataset")
     for domain in domains:
         count = max(len(r["extra"].get("iou") or []) for r in group if r["domain"] == domain)
