@@ -71,4 +71,6 @@ def _cache_dir(tmp_path_factory):
     """Keep the download cache outside the repo (reuse $TTA_CACHE when set)."""
     if not os.environ.get("TTA_CACHE"):
         os.environ["TTA_CACHE"] = str(Path.home() / ".cache" / "tta")
+    # a CLI run without --store writes the user's store: keep the tests' out of the real one
+    os.environ["TTA_HOME"] = str(tmp_path_factory.mktemp("tta_home"))
     yield

@@ -168,6 +168,15 @@ class CollectingStore:
     def append(self, row: dict[str, Any]) -> None:
         self.collected.append(row)
 
+    def claim(self, run_key: str, domain: str, owner: str, force: bool = False, **_: Any) -> str:
+        """The caller planned the cell for this worker alone: claimed unless already finished."""
+        from tta.store import CLAIMED, DONE
+
+        return DONE if domain in self._finished and not force else CLAIMED
+
+    def release(self, run_key: str, domain: str, owner: str) -> None:
+        pass
+
     def rows(self, latest_only: bool = True) -> list[dict[str, Any]]:
         return list(self.collected)
 

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 from tta.cli import Parser, guarded
 from tta.errors import UserError
 from tta.hparams import parse_assignments
-from tta.paths import CHECKOUT_ROOT
+from tta.paths import user_store
 
-DEFAULT_STORE = CHECKOUT_ROOT / "leaderboard" / "results.sqlite"
+DEFAULT_STORE = user_store()
 
 
 def build_parser() -> Parser:
@@ -36,7 +37,8 @@ def build_parser() -> Parser:
                                       "(default: the protocol's; see --list)")
     p.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="method hyperparameters")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a method plugin file")
-    p.add_argument("--store", default=str(DEFAULT_STORE), help=f"SQLite result store (default {DEFAULT_STORE})")
+    p.add_argument("--store", default=str(DEFAULT_STORE),
+                   help=f"SQLite result store (default {DEFAULT_STORE}; $TTA_HOME moves it)")
     p.add_argument("--no-store", action="store_true", help="do not read or write the store")
     p.add_argument("--json", metavar="FILE", help="also write the per-domain rows as a JSON list")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
@@ -94,15 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     from tta.runner import Run, RunConfig
     from tta.store import ResultStore
 
+    domains = None
+    if args.domains is not None:
+        domains = [d.strip() for d in args.domains.split(",") if d.strip()]
+        if not domains:
+            raise UserError(f"--domains {args.domains!r} names no domain (give comma-separated names, see --list)")
+    json_path = Path(args.json).expanduser() if args.json else None
+    if json_path is not None:
+        check_writable(json_path)
     config = RunConfig(
         protocol=args.protocol, method=args.method, hparams=parse_assignments(args.hp), seed=args.seed,
-        model=args.model, checkpoint=args.checkpoint,
-        domains=[d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None,
+        model=args.model, checkpoint=args.checkpoint, domains=domains,
         severity=args.severity, batch_size=args.batch_size, n_examples=args.n_examples,
         scenario=args.scenario, data_root=args.data_root, device=args.device, compile=args.compile,
     )
+    run = Run(config)  # every input validated before the store is touched: a failed start creates nothing
     store = None if args.no_store else ResultStore(args.store)
-    run = Run(config)
     print(f"{run.protocol.name} / {run.scenario_name} / {run.method.name} {run.method.hp or ''} "
           f"seed {config.seed} / {run.model_name} ({run.checkpoint_sha256[:12]})", file=sys.stderr)
     fresh: list[str] = []
@@ -118,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if stored:
         print(f"{len(stored)} of {len(rows)} domains came from the store {store.path} (--force recomputes them)",
               file=sys.stderr)
-    if args.json:
-        write_json(Path(args.json), rows)
+    if json_path is not None:
+        write_json(json_path, rows)
     errors = [r["error"] for r in rows if r["error"] is not None and not math.isnan(r["error"])]
     if errors:
         mean = sum(errors) / len(errors)
@@ -129,9 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, a ``--json`` file that could not be written at the end."""
+    folder = path.parent
+    if path.is_dir():
+        raise UserError(f"--json {str(path)!r} is a folder; give a file path")
+    if not folder.is_dir():
+        raise UserError(f"--json {str(path)!r}: folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"--json {str(path)!r} is not writable")
+
+
 def write_json(path: Path, rows: list[dict]) -> None:
     keep = ("domain", "severity", "error", "nll", "ece", "n", "images_per_s", "method_s", "wall_s", "peak_mem_mb",
-            "protocol", "scenario", "method", "hparams", "seed", "model", "checkpoint_sha256", "data_source", "extra")
+            "protocol", "scenario", "method", "hparams", "seed", "model", "checkpoint_sha256", "data_source",
+            "data_root", "data_fingerprint", "extra")
     try:
         path.write_text(json.dumps([{k: r.get(k) for k in keep} for r in rows], indent=1))
     except OSError as exc:

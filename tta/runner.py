@@ -7,8 +7,12 @@
         store.append(row)                                  # committed at once
 
 Everything that decides a result (protocol, method, resolved hyperparameters, seed,
-model, checkpoint hash, severity, batch size, example cap, and for non-episodic
-scenarios the domain sequence) is hashed into ``run_key``; finished cells are skipped.
+model, checkpoint hash and, for a DG checkpoint, its training method and pretrained
+weights, the data actually read (root and fingerprint, :mod:`tta.fingerprint`), severity,
+batch size, example cap, and for non-episodic scenarios the domain sequence) is hashed
+into ``run_key``; finished cells are skipped. Each cell is claimed in the store before it
+is computed (:meth:`tta.store.ResultStore.claim`), so two processes never compute the
+same cell: the second waits for the first's row.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,15 +36,22 @@ import tta.protocols  # noqa: F401 - registers the dataset readers
 from tta import scenarios as _scenarios  # noqa: F401 - registers the scenarios
 from tta.environment import describe, git_revision, resolve_device
 from tta.errors import UserError
+from tta.fingerprint import PROCEDURAL, fingerprint
 from tta import metrics as _metrics  # noqa: F401 - registers the classification metrics
 from tta import segmentation_metrics as _segmentation_metrics  # noqa: F401 - registers the segmentation metrics
 from tta.methods.base import Method
 from tta.models import create_model, load_into
+from tta.models.checkpoint import checkpoint_meta, resolve as resolve_checkpoint
 from tta.paths import data_root
 from tta.protocols import Protocol, find_spec
-from tta.registry import METHODS, TASKS
+from tta.registry import METHODS, MODELS, TASKS
 from tta.scenarios import Segment, StreamSettings, create_scenario
-from tta.store import ResultStore
+from tta.store import BUSY, CLAIM_TTL_S, CLAIMED, DONE, ResultStore, new_owner
+
+#: the whole sequence of a non-independent scenario is claimed as one unit under this domain name
+SEQUENCE_CLAIM = "*sequence*"
+#: seconds between two looks at a cell another process holds
+WAIT_POLL_S = 1.0
 
 
 @dataclass
@@ -85,17 +97,40 @@ class Run:
         self.batch_size = config.batch_size or spec.batch_size
         self.n_examples = config.n_examples or spec.n_examples
         self.device = resolve_device(config.device)
-        self.model_name = config.model or spec.model
+        self.checkpoint_meta = self._checkpoint_meta(config.checkpoint)
+        self.model_name = config.model or self.checkpoint_meta.get("model") or spec.model
+        if config.model:
+            _check_model_name(config.model)
         self.checkpoint = config.checkpoint or (spec.checkpoint if self.model_name == spec.model else None)
         if self.checkpoint is None:
             why = (f"protocol {spec.name!r} names no checkpoint" if self.model_name == spec.model
                    else f"model {self.model_name!r} is not the protocol's model ({spec.model})")
             raise UserError(f"{why}; give --checkpoint PATH or URL")
         self.model = create_model(self.model_name, spec.num_classes)
-        loaded = load_into(self.model.net, self.checkpoint, spec.checkpoint_sha256 if not config.checkpoint else None)
+        try:
+            loaded = load_into(self.model.net, self.checkpoint,
+                               spec.checkpoint_sha256 if not config.checkpoint else None)
+        except UserError as exc:
+            hint = "" if config.model else f"; if it holds another architecture, name it with --model"
+            raise UserError(f"{exc}{hint}") from None
         self.checkpoint_sha256 = loaded.sha256
         self.protocol.reader.check(self.domains, self.protocol.root)
+        files = self.protocol.reader.data_files(self.domains, self.protocol.root)
+        self.data_fingerprint = fingerprint(files, self.protocol.root)
+        #: the data root is part of the identity only where data is read from it
+        self.data_root = None if self.data_fingerprint == PROCEDURAL else str(self.protocol.root)
         self.run_key = self._run_key()
+
+    @staticmethod
+    def _checkpoint_meta(checkpoint: str | None) -> dict[str, Any]:
+        """What a ``tta.train`` checkpoint says about itself (model, training method, weights); ``{}`` else."""
+        if not checkpoint or "://" in checkpoint or checkpoint.startswith("builtin:"):
+            return {}
+        return checkpoint_meta(resolve_checkpoint(checkpoint))
+
+    def _provenance(self) -> dict[str, Any]:
+        """The DG checkpoint's training method and pretrained weights (identity, row ``extra``)."""
+        return {k: self.checkpoint_meta[k] for k in ("training_method", "pretrained") if k in self.checkpoint_meta}
 
     def _run_key(self) -> str:
         identity = {
@@ -104,6 +139,7 @@ class Run:
             "model": self.model_name, "checkpoint_sha256": self.checkpoint_sha256,
             "batch_size": self.batch_size, "n_examples": self.n_examples,
             "severity": sorted({d.severity for d in self.domains}, key=str),
+            "data_fingerprint": self.data_fingerprint, "data_root": self.data_root, **self._provenance(),
         }
         if not self.scenario.independent:
             identity["sequence"] = [d.key for d in self.domains]
@@ -119,44 +155,74 @@ class Run:
             "scenario": self.scenario_name, "method": self.method.name, "hparams": self.method.hp,
             "seed": self.config.seed, "model": self.model_name, "checkpoint": self.checkpoint,
             "checkpoint_sha256": self.checkpoint_sha256, "batch_size": self.batch_size,
+            "data_root": self.data_root, "data_fingerprint": self.data_fingerprint,
             "version": tta.__version__, "git_rev": git_revision(), "env": describe(self.device),
         }
 
     def execute(self, store: ResultStore | None = None, force: bool = False,
                 on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-        """Run every unfinished segment; return the rows of all segments (stored ones included)."""
+        """Run every unfinished segment; return the rows of all segments (stored ones included).
+
+        Each independent segment is claimed before it is computed; one another process holds
+        is done last, after waiting for that process's row (or for its claim to lapse). A
+        non-independent sequence is claimed as a whole.
+        """
         finished = set() if (store is None or force) else store.finished(self.run_key)
         settings = StreamSettings(self.batch_size, self.config.seed, self.n_examples, str(self.device))
         segments = list(self.scenario.segments(self.protocol, self.domains, settings))
         keys = [s.key for s in segments]
         if all(key in finished for key in keys):
             return _stored_rows(store, self.run_key, keys)
+        claims = _Claims(store, self.run_key, force)
+        if not self.scenario.independent and not claims.take(SEQUENCE_CLAIM):
+            if all(key in store.finished(self.run_key) for key in keys):  # the other process finished it
+                claims.release_all()
+                return _stored_rows(store, self.run_key, keys)
+            finished = set() if force else store.finished(self.run_key)
         torch.manual_seed(self.config.seed)
         self.model.to(self.device)
         self.method.setup(self.model)
         if self.config.compile:
             self.method.model = torch.compile(self.method.model)
         base = self.base_row()
-        rows = []
-        for index, segment in enumerate(segments):
-            if self.scenario.independent and segment.key in finished:
-                continue
-            if segment.reset_before:
-                self.method.reset()
-            row = {**base, **self.run_segment(segment), "domain_index": index}
-            if segment.key in finished:
-                continue  # recomputed only to reach the state of later segments
-            row["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            if store is not None:
-                store.append(row)
-            rows.append(row)
-            if on_row is not None:
-                on_row(row)
+        rows: list[dict[str, Any]] = []
+        waiting = [(i, s) for i, s in enumerate(segments)]
+        try:
+            while waiting:
+                deferred = []
+                for index, segment in waiting:
+                    if self.scenario.independent:
+                        if segment.key in finished:
+                            continue
+                        outcome = claims.try_take(segment.key)
+                        if outcome == DONE:
+                            continue
+                        if outcome == BUSY:
+                            deferred.append((index, segment))
+                            continue
+                    if segment.reset_before:
+                        self.method.reset()
+                    row = {**base, **self.run_segment(segment, claims.renewer(segment.key)), "domain_index": index}
+                    if segment.key in finished:
+                        continue  # recomputed only to reach the state of later segments
+                    row["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                    if store is not None:
+                        store.append(row)
+                        claims.release(segment.key)
+                    rows.append(row)
+                    if on_row is not None:
+                        on_row(row)
+                if deferred and deferred == waiting:
+                    claims.announce_wait(len(deferred))
+                    time.sleep(WAIT_POLL_S)
+                waiting = deferred
+        finally:
+            claims.release_all()
         by_domain = {r["domain"]: r for r in _stored_rows(store, self.run_key, keys)}
         by_domain.update({r["domain"]: r for r in rows})
         return [by_domain[key] for key in keys if key in by_domain]
 
-    def run_segment(self, segment: Segment) -> dict[str, Any]:
+    def run_segment(self, segment: Segment, heartbeat: Callable[[], None] = lambda: None) -> dict[str, Any]:
         metrics = TASKS.get(self.protocol.spec.task)(self.protocol.spec.num_classes)
         method_s = 0.0
         cuda = self.device.type == "cuda"
@@ -180,6 +246,7 @@ class Run:
             if self.method.diverged():  # stability: a non-finite method restarts from its snapshot
                 self.method.reset()
                 nonfinite_resets += 1
+            heartbeat()
         wall_s = time.perf_counter() - started
         result = metrics.compute()
         return {
@@ -187,7 +254,7 @@ class Run:
             "images_per_s": result["n"] / method_s if method_s > 0 else float("nan"),
             "method_s": method_s, "wall_s": wall_s, "peak_mem_mb": _peak_memory_mb(self.device),
             "extra": {**result.get("extra", {}), **self.method.row_extra(), **segment.extra(),
-                      **self._engine_extra(), "nonfinite_resets": nonfinite_resets},
+                      **self._engine_extra(), **self._provenance(), "nonfinite_resets": nonfinite_resets},
         }
 
     def _engine_extra(self) -> dict[str, int]:
@@ -206,6 +273,71 @@ class Run:
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise UserError(f"method {self.method.name!r} returned {got} on domain {domain}; expected logits of shape {expected}")
         return logits
+
+
+class _Claims:
+    """This run's claims on its cells in ``store`` (no-ops without a store)."""
+
+    def __init__(self, store: ResultStore | None, run_key: str, force: bool) -> None:
+        self.store, self.run_key, self.force = store, run_key, force
+        self.owner = new_owner()
+        self.held: dict[str, float] = {}  # domain -> time of the last claim or renewal
+        self.announced = False
+
+    def try_take(self, domain: str) -> str:
+        if self.store is None:
+            return CLAIMED
+        outcome = self.store.claim(self.run_key, domain, self.owner, force=self.force)
+        if outcome == CLAIMED:
+            self.held[domain] = time.monotonic()
+        return outcome
+
+    def take(self, domain: str) -> bool:
+        """Claim ``domain``, waiting while another process holds it; ``True`` when nobody else
+        held it (``False``: we waited, and the other process may have finished the work)."""
+        waited = False
+        while (outcome := self.try_take(domain)) == BUSY:
+            self.announce_wait(1)
+            waited = True
+            time.sleep(WAIT_POLL_S)
+        if outcome == DONE:  # a sequence claim never meets a row; keep the claim regardless
+            self.held[domain] = time.monotonic()
+        return not waited
+
+    def renewer(self, domain: str) -> Callable[[], None]:
+        """A heartbeat for long segments: renews the claim on ``domain`` (and the sequence's)."""
+        def renew() -> None:
+            now = time.monotonic()
+            for held, since in list(self.held.items()):
+                if held in (domain, SEQUENCE_CLAIM) and now - since > CLAIM_TTL_S / 4:
+                    self.store.claim(self.run_key, held, self.owner, force=True)
+                    self.held[held] = now
+
+        return renew if self.store is not None else (lambda: None)
+
+    def release(self, domain: str) -> None:
+        if self.store is not None and self.held.pop(domain, None) is not None:
+            self.store.release(self.run_key, domain, self.owner)
+
+    def release_all(self) -> None:
+        for domain in list(self.held):
+            self.release(domain)
+
+    def announce_wait(self, count: int) -> None:
+        if not self.announced:
+            print(f"waiting for {count} cell(s) another process is computing (store {self.store.path})",
+                  file=sys.stderr, flush=True)
+            self.announced = True
+
+
+def _check_model_name(name: str) -> None:
+    """An unknown ``--model`` is named as such (with the closest names), before any other check."""
+    if name in MODELS:
+        return
+    import timm
+
+    if not timm.list_models(name):
+        raise UserError(f"{MODELS.unknown_message(name)}; it is not a timm model name either")
 
 
 def _stored_rows(store: ResultStore | None, run_key: str, keys: list[str]) -> list[dict[str, Any]]:

@@ -16,9 +16,9 @@ import time
 
 from tta.cli import Parser, guarded
 from tta.errors import UserError
-from tta.paths import CHECKOUT_ROOT
+from tta.paths import user_store
 
-DEFAULT_STORE = CHECKOUT_ROOT / "leaderboard" / "results.sqlite"
+DEFAULT_STORE = user_store()
 
 
 def build_parser() -> Parser:

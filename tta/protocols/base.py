@@ -80,6 +80,15 @@ class DatasetReader:
         """``(height, width)`` the images of ``domain`` must have; ``None``: any size."""
         return self.image_size
 
+    def data_files(self, domains: list[Domain], root: Path) -> list[Path] | None:
+        """The files a run over ``domains`` reads (after :meth:`check`), for the data fingerprint
+        in the run's identity (:mod:`tta.fingerprint`); ``[]`` for procedural data (no files).
+
+        ``None`` (the default, e.g. for a plugin reader that does not say) fingerprints every file
+        under ``root``: always correct, slower on a large root. Readers narrow it to what they read.
+        """
+        return None
+
 
 def _validated(load):
     @functools.wraps(load)

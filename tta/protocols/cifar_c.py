@@ -88,6 +88,11 @@ class CorruptedStack(DatasetReader):
 
             self.corruption_engine = ENGINE_VERSION
 
+    def data_files(self, domains: list[Domain], root: Path) -> list[Path]:
+        directory = (self.located or self.locate(domains, root))[0]
+        names = ["labels.npy", *dict.fromkeys(f"{d.name}.npy" for d in domains), "PROVENANCE.json"]
+        return [directory / name for name in names if (directory / name).is_file()]
+
     def locate(self, domains: list[Domain], root: Path) -> tuple[Path, str]:
         """(folder, data_source) holding every needed file, generating or downloading if needed."""
         official = root / self.folder

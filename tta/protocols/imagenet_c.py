@@ -51,6 +51,9 @@ class ImageNetC(DatasetReader):
                                 f"there, or build them from ImageNet val with "
                                 f"`python -m tta.data.make_c --images VAL_FOLDER --out {root / FOLDER}`")
 
+    def data_files(self, domains: list[Domain], root: Path) -> list[Path]:
+        return [f for d in domains for f in sorted((root / FOLDER / d.name / str(d.severity)).rglob("*")) if f.is_file()]
+
     def load(self, domain: Domain, root: Path) -> DomainData:
         folder = root / FOLDER / domain.name / str(domain.severity)
         index = {wnid: i for i, wnid in enumerate(imagenet_wnids())}

@@ -26,6 +26,9 @@ class Pacs(DatasetReader):
     def check(self, domains: list[Domain], root: Path) -> None:
         check_layout(root, [d.name for d in domains])
 
+    def data_files(self, domains: list[Domain], root: Path) -> list[Path]:
+        return [f for d in domains for f in sorted((root / "PACS" / d.name).rglob("*")) if f.is_file()]
+
     def load(self, domain: Domain, root: Path) -> DomainData:
         paths, labels = list_domain(root, domain.name)
         if not paths:

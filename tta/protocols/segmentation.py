@@ -187,6 +187,9 @@ class SegmentationReader(DatasetReader):
     def files(self, domain: Domain, root: Path) -> tuple[list[Path], ...]:
         raise NotImplementedError
 
+    def data_files(self, domains: list[Domain], root: Path) -> list[Path]:
+        return [path for d in domains for group in self.files(d, root) for path in group]
+
     def load(self, domain: Domain, root: Path) -> DomainData:
         images, labels, *references = self.files(domain, root)
         size = self.size_of(domain)

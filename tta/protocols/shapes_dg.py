@@ -35,6 +35,9 @@ class ShapesDG(DatasetReader):
     has_severity = False
     image_size = (SIZE // DOWNSAMPLE, SIZE // DOWNSAMPLE)
 
+    def data_files(self, domains: list[Domain], root: Path) -> list[Path]:
+        return []  # procedural: made from seeds
+
     def load(self, domain: Domain, root: Path) -> DomainData:
         images, labels = _domain(domain.name)
         return DomainData(images, labels, "procedural")

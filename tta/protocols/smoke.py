@@ -50,5 +50,8 @@ class Smoke(DatasetReader):
 
         self.corruption_engine = ENGINE_VERSION
 
+    def data_files(self, domains: list[Domain], root: Path) -> list[Path]:
+        return []  # procedural: made from seeds (the engine version is in the identity)
+
     def load(self, domain: Domain, root: Path) -> DomainData:
         return DomainData(_corrupted(domain.name, domain.severity), _clean_test_set()[1], "procedural")
