@@ -62,6 +62,8 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="output folder of one training run")
     p.add_argument("--data-root", help="data root (default: $TTA_DATA, else the checkout's datasets/)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--quiet", action="store_true", help="no status line between evaluations (it shows only "
+                   "on a terminal anyway)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a plugin file")
     p.add_argument("--benchmark", action="store_true", help="train and test the whole grid, print the DG table")
     p.add_argument("--report", action="store_true", help="print the DG table from the store only")
@@ -127,15 +129,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{training.protocol.name}: {args.method} {training.hp} sources {[d.name for d in training.sources]} "
           f"-> target {training.target.name}, seed {args.seed}, {training.steps} steps, {training.model_name} "
           f"(pretrained {training.pretrained}, bn {training.bn}) -> {training.out}", file=sys.stderr)
-    summary = training.run(on_line=_print_eval)
+    from tta.training.progress import Progress
+
+    progress = Progress(training.steps, training.batch_size * len(training.sources), sys.stderr,
+                        enabled=False if args.quiet else None, on_eval=_eval_line)
+    try:
+        summary = training.run(on_line=progress)
+    finally:
+        progress.close()
     print(json.dumps({k: summary[k] for k in ("step", "val_acc", "target_acc", "checkpoint")}))
     return 0
 
 
-def _print_eval(line: dict) -> None:
-    if line.get("eval"):
-        print(f"step {line['step']:>6}  val {100 * line['val_acc']:5.1f}%  target {100 * line['target_acc']:5.1f}%  "
-              f"(best step {line['best_step']})", file=sys.stderr, flush=True)
+def _eval_line(line: dict) -> str:
+    return (f"step {line['step']:>6}  val {100 * line['val_acc']:5.1f}%  target {100 * line['target_acc']:5.1f}%  "
+            f"(best step {line['best_step']})")
 
 
 def table_command(args) -> int:
