@@ -348,9 +348,13 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create output folder {str(out)!r}: {exc.strerror}") from None
-    docs = render(rows, out, plots=not args.no_plots, regenerate=args.regenerate)
+    try:
+        docs = render(rows, out, plots=not args.no_plots, regenerate=args.regenerate)
+        for name, text in docs.items():
+            (out / f"{name}.md").write_text(text)
+    except OSError as exc:  # e.g. the disk filled up, or the folder became read-only meanwhile
+        raise UserError(f"cannot write into output folder {str(out)!r}: {exc.strerror or exc}") from None
     for name, text in docs.items():
-        (out / f"{name}.md").write_text(text)
         if name != "README":
             print(text)
     print(f"wrote {', '.join(str(out / f'{n}.md') for n in docs)} (+ CSV, JSON"

@@ -24,6 +24,9 @@ def _pyplot():
 def severity_plot(df: pd.DataFrame, title: str, path: Path) -> Path:
     """Mean error over domains vs severity, one line per method (mean ± std over seeds)."""
     plt = _pyplot()
+    # the leaderboard's severity is text (its table key): plot it as a number, so the axis is in order
+    # even when the first method drawn has only some severities
+    df = df.assign(severity=pd.to_numeric(df["severity"], errors="coerce")).dropna(subset=["severity"])
     per_seed = df.groupby(["label", "severity", "seed"])["error"].mean()
     summary = per_seed.groupby(level=["label", "severity"]).agg(["mean", "std"]).reset_index()
     order = summary.groupby("label")["mean"].mean().sort_values().index
