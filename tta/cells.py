@@ -86,7 +86,9 @@ def table_fields(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for row, run in zip(rows, derived):
         extra = row.get("extra") if isinstance(row.get("extra"), dict) else {}
-        values = {**{f: row.get(f) for f in COLUMN_FIELDS}, **{f: extra.get(f) for f in EXTRA_FIELDS}, **run}
+        # a column field may also come in ``extra`` (where a writer put it there); the column wins
+        values = {**{f: row.get(f) if row.get(f) is not None else extra.get(f) for f in COLUMN_FIELDS},
+                  **{f: extra.get(f) for f in EXTRA_FIELDS}, **run}
         out.append({f: values[f] for f in TABLE_FIELDS})
     return out
 

@@ -251,14 +251,17 @@ def _index_section(protocol: str, by_protocol: pd.DataFrame, out: Path | None, p
                 text.at[label, column] = "" if pd.isna(value) else f"{value:.2f}{spread}"
         text.insert(0, "rank", rank)
         text = text.loc[sorted(grid.index, key=lambda label: (rank[label], label))]
-        text.columns = [c if c in ("rank", "mean") else f"severity {c}" for c in text.columns]
+        text.columns = [c if c in ("rank", "mean") else f"severity {c}" if c != MISSING else "error"
+                        for c in text.columns]
         text.index.name = "method"
         n_domains = group["domain"].str.rsplit("-", n=1).str[0].nunique()
         title = heading({**fields, "severity": MISSING}, varying)
         parts.append(f"### {title}\n")
-        parts.append(caption(group, skip=("severity",)) + f" Values: error averaged over the {n_domains} domains, "
-                     f"then over seeds; `rank` by the mean over severities {', '.join(map(str, common))} (those "
-                     "every method has); `mean` over all severities shown, only where a method has them all.\n")
+        graded = [c for c in grid.columns if c not in (MISSING, "mean")]
+        how = (f"`rank` by the mean over severities {', '.join(map(str, common))} (those every method has); `mean` "
+               "over all severities shown, only where a method has them all." if graded else "`rank` by the error.")
+        parts.append(caption(group, skip=("severity",) if graded else ()) + f" Values: error averaged over the "
+                     f"{n_domains} domains, then over seeds; {how}\n")
         parts.append(text.to_markdown(disable_numparse=True) + "\n")
         if out is not None and plots and group["severity"].nunique() > 1:
             from tta.plots import severity_plot
