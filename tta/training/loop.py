@@ -13,10 +13,19 @@ For a protocol, a held-out ``target`` domain and a seed:
   (model selection: the mean of those, **training-domain validation**; ties keep the
   earlier step) and on the target (logged only, never used to select), then an atomic
   checkpoint ``last.pt`` (model, optimizer, method state, step, best so far) and, on
-  improvement, ``best.pt`` (the network's weights only: what ``tta.run --checkpoint``
-  loads);
+  improvement, ``best.pt`` (``{"state_dict": the network's weights, "tta_meta": ...}``:
+  what ``tta.run --checkpoint`` loads);
+* both checkpoints carry ``tta_meta``, plain data naming the model, training method,
+  recipe, pretrained weights (and their sha256), BatchNorm mode, seed, protocol and target
+  (:func:`tta.models.checkpoint.checkpoint_meta` reads it);
 * ``log.jsonl``: one JSON line per step (losses) and per evaluation;
   ``config.json``: the run's identity; ``summary.json``: the result, written last.
+
+Every input is checked before anything is written (the constructor: names, sizes, the
+``--out`` folder's writability, the pretrained weights fitting the network; then the data
+and the method's setup): a refused start leaves no folder behind. A folder whose
+``config.json`` names another run is refused only when it holds progress (``last.pt`` or
+``summary.json``); one without a checkpoint is taken over.
 
 A killed run restarted with the same arguments resumes from ``last.pt`` (log lines past
 it are dropped and recomputed); on CPU the result is bit-identical to an uninterrupted

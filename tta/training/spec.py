@@ -7,7 +7,7 @@ protocol spec (``protocols/NAME.toml``) still says what the data and classes are
 | --- | --- |
 | `model` | network (registered or timm name; default: the protocol's model) |
 | `pretrained` | `none` (random init), `timm` (timm's ImageNet weights, online) or a weights file |
-| `bn` | `frozen`: BatchNorm layers stay in eval mode, keeping the pretrained (ImageNet) running statistics, as DomainBed's ResNet does; `train`: running statistics are re-estimated on the source domains |
+| `bn` | `frozen`: BatchNorm layers stay in eval mode, keeping the pretrained (ImageNet) running statistics, as DomainBed's ResNet does; `train`: running statistics are re-estimated on the source domains. With `pretrained = none` a recipe's `frozen` becomes `train` (with a notice) and `--bn frozen` is refused: see `tta/training/model.py` |
 | `steps`, `batch_size` | optimization steps; examples per source domain per step |
 | `checkpoint_every` | steps between validation (model selection) and resumable checkpoints |
 | `holdout_fraction` | share of every source domain kept for validation (DomainBed: 0.2) |
