@@ -2,7 +2,7 @@
 
 * data root: ``--data-root``, else ``$TTA_DATA``, else the checkout's ``datasets/`` folder
   (next to the ``tta`` package).
-* cache (downloaded checkpoints, built-in trained weights): ``$TTA_CACHE``, else
+* cache (downloaded checkpoints; the built-in weights ship with the package): ``$TTA_CACHE``, else
   ``$XDG_CACHE_HOME/tta``, else ``~/.cache/tta``.
 * a user's results (the default result store, the rendered leaderboard): ``$TTA_HOME``, else
   ``$XDG_DATA_HOME/tta``, else ``~/.local/share/tta``. Never the checkout's tracked
