@@ -160,12 +160,29 @@ def test_plugin_that_raises_keeps_the_finished_domain(tmp_path, small_root, chec
     assert rows == [("gaussian_noise-5", 200)]
 
 
-def test_unwritable_json_path_is_a_one_line_error(tmp_path, small_root, checkpoint):
+def test_unwritable_json_path_is_refused_before_any_work(tmp_path, small_root, checkpoint):
     result = run_cli("tta.run", *base(small_root, checkpoint, tmp_path / "s.sqlite"), "--method", "source",
                      "--domains", "gaussian_noise", "--json", str(tmp_path / "no" / "such" / "dir.json"))
-    assert_one_line_error(result, "cannot write")
-    with sqlite3.connect(tmp_path / "s.sqlite") as con:
-        assert con.execute("SELECT COUNT(*) FROM results").fetchone() == (1,)
+    assert_one_line_error(result, "--json", "does not exist")
+    assert not (tmp_path / "s.sqlite").exists()  # refused before the store was even created
+
+
+def test_empty_domain_list_and_unknown_model_without_checkpoint(tmp_path, small_root):
+    store = tmp_path / "s.sqlite"
+    result = run_cli("tta.run", "--protocol", "cifar10c", "--data-root", str(small_root), "--store", str(store),
+                     "--method", "source", "--domains", ",")
+    assert_one_line_error(result, "names no domain")
+    result = run_cli("tta.run", "--protocol", "cifar10c", "--data-root", str(small_root), "--store", str(store),
+                     "--method", "source", "--model", "resnet2O")
+    assert_one_line_error(result, "unknown model 'resnet2O'", "resnet20")
+    assert not store.exists()
+
+
+def test_store_whose_parent_is_a_file(tmp_path, small_root, checkpoint):
+    (tmp_path / "plain").write_text("a file, not a folder")
+    result = run_cli("tta.run", *base(small_root, checkpoint, tmp_path / "plain" / "s.sqlite"), "--method", "source",
+                     "--domains", "gaussian_noise")
+    assert_one_line_error(result, "cannot create the result store")
 
 
 def test_corrupt_store_file(tmp_path, small_root, checkpoint):
