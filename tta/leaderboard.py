@@ -276,10 +276,10 @@ def load_side(spec: str, store: Path) -> tuple[str, list[dict]]:
     """``spec`` = a store file, or a git revision (prefix) of rows in ``store``: its latest row per cell."""
     path = Path(spec).expanduser()
     if path.is_file():
-        return str(path), ResultStore(path).rows()
+        return str(path), ResultStore(path, read_only=True).rows()
     if not store.is_file():
         raise UserError(f"--compare {spec!r}: not a file, and result store {str(store)!r} does not exist")
-    all_rows = ResultStore(store).rows(latest_only=False)
+    all_rows = ResultStore(store, read_only=True).rows(latest_only=False)
     latest = {(r["run_key"], r["domain"]): r for r in all_rows if str(r.get("git_rev") or "").startswith(spec)}
     if not latest:
         revisions = sorted({str(r.get("git_rev")) for r in all_rows})
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     # every argument checked before the store is read or a folder created
     store = existing_file(store, "result store", "run `python -m tta.run ...` first, or give --store FILE")
     out = output_dir(args.out if args.out else user_leaderboard_dir())
-    rows = ResultStore(store).rows()
+    rows = ResultStore(store, read_only=True).rows()
     if not rows:
         raise UserError(f"result store {str(store)!r} holds no results yet")
     try:

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from tta.segmentation_report import segmentation_tables
     from tta.store import ResultStore
 
-    rows = [r for r in ResultStore(store).rows() if not args.protocol or r["protocol"] in args.protocol]
+    rows = [r for r in ResultStore(store, read_only=True).rows() if not args.protocol or r["protocol"] in args.protocol]
     tables = segmentation_tables(rows)
     if not tables:
         raise UserError(f"no segmentation rows in {store}" + (f" for {', '.join(args.protocol)}" if args.protocol else ""))

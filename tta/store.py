@@ -74,8 +74,17 @@ def new_owner() -> str:
 
 
 class ResultStore:
-    def __init__(self, path: str | Path) -> None:
+    """``ResultStore(path)`` opens (creating or upgrading) a store to write; ``read_only=True``
+    opens an existing one to read and changes nothing in it, not even its schema (leaderboards
+    read the committed store this way)."""
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path).expanduser()
+        self.read_only = read_only
+        if read_only:
+            if not self.path.is_file():
+                raise UserError(f"result store {str(self.path)!r} does not exist")
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -101,6 +110,9 @@ class ResultStore:
             raise UserError(f"cannot write the result store {str(self.path)!r}: {exc.strerror or exc}") from None
 
     def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0,
+                                   isolation_level=None)
         return sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
 
     def append(self, row: dict[str, Any]) -> None:
@@ -158,10 +170,15 @@ class ResultStore:
         query = "SELECT * FROM results"
         if latest_only:
             query += " WHERE id IN (SELECT MAX(id) FROM results GROUP BY run_key, domain)"
-        with closing(self._connect()) as con:
-            con.row_factory = sqlite3.Row
-            out = [dict(r) for r in con.execute(query + " ORDER BY id")]
+        try:
+            with closing(self._connect()) as con:
+                con.row_factory = sqlite3.Row
+                out = [dict(r) for r in con.execute(query + " ORDER BY id")]
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"result store {str(self.path)!r} is not a readable result store ({exc})") from None
         for row in out:
+            for key in COLUMNS:  # a store written by an older tta lacks the newer columns
+                row.setdefault(key, None)
             for key in JSON_COLUMNS:
                 if row.get(key) is not None:
                     row[key] = json.loads(row[key])
