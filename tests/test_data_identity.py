@@ -131,3 +131,27 @@ def test_a_run_takes_over_a_lapsed_claim_and_waits_out_a_live_one(tmp_path):
     rows = other.execute(store)
     assert time.monotonic() - started >= 1.0  # it waited for the claim instead of computing at once
     assert [r["domain"] for r in rows] == ["snow-5"]
+
+
+def test_a_dg_checkpoint_names_its_model_training_method_and_weights_in_the_row(tmp_path):
+    """A ``tta.train`` checkpoint carries ``tta_meta``: the run takes its model from it (no --model
+    needed) and the row and identity name its training method and pretrained weights."""
+    import torch
+
+    from tta.models import create_model
+    from tta.models.checkpoint import META_KEY
+
+    state = create_model("resnet20", num_classes=10).net.state_dict()  # not the protocol's smoke_cnn
+    keys = {}
+    for method in ("erm", "sam"):
+        path = tmp_path / f"{method}.pt"
+        torch.save({"state_dict": state, META_KEY: {"model": "resnet20", "training_method": method,
+                                                    "pretrained": "none"}}, path)
+        run = Run(RunConfig(protocol="shapes_dg", method="source", checkpoint=str(path), domains=["solid"],
+                            n_examples=20))
+        assert run.model_name == "resnet20"  # from the checkpoint, not the protocol's default model
+        row = run.execute()[0]
+        assert row["extra"]["training_method"] == method and row["extra"]["pretrained"] == "none"
+        keys[method] = run.run_key
+    # same weights, another training method: never the same cell
+    assert keys["erm"] != keys["sam"]
