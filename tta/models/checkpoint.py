@@ -63,22 +63,28 @@ def load_failure(exc: BaseException, limit: int = 240) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict in ``path``; any failure to read it is one :class:`UserError` line."""
+def load_weights_only(path: Path, mmap: bool = False) -> object:
+    """``torch.load(path, weights_only=True)``; any failure to read it is one :class:`UserError`
+    line naming the file's format (``mmap``: map the tensors instead of reading them, where
+    the format allows)."""
+    head = _read_head(path)
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-    except OSError as exc:
-        raise UserError(f"checkpoint {str(path)!r} cannot be read ({exc.strerror})") from None
-    if not head:
-        raise UserError(f"checkpoint {str(path)!r} is an empty file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy format: no mmap
     except Exception as exc:  # noqa: BLE001 - whatever a malformed file makes torch raise, one line
         kind = next((name for magic, name in _FORMATS.items() if head.startswith(magic)), None)
         what = "" if kind else f"; it is neither a zip archive nor a pickle (starts with {head!r})"
         raise UserError(f"checkpoint {str(path)!r} is not a readable weights-only PyTorch file "
                         f"({load_failure(exc)}){what}") from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``; any failure to read it is one :class:`UserError` line."""
+    obj = load_weights_only(path)
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -128,18 +134,7 @@ def checkpoint_meta(path: str | Path) -> dict[str, str | int | float]:
     where the format allows, so the tensors are not read); an unreadable file is the same
     one-line :class:`UserError` as :func:`read_state_dict`.
     """
-    path = Path(path)
-    head = _read_head(path)
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) format: mmap unsupported
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - whatever a malformed file makes torch raise, one line
-        kind = next((name for magic, name in _FORMATS.items() if head.startswith(magic)), None)
-        what = "" if kind else f"; it is neither a zip archive nor a pickle (starts with {head!r})"
-        raise UserError(f"checkpoint {str(path)!r} is not a readable weights-only PyTorch file "
-                        f"({load_failure(exc)}){what}") from None
+    obj = load_weights_only(Path(path), mmap=True)
     meta = obj.get(META_KEY) if isinstance(obj, dict) else None
     if not isinstance(meta, dict):
         return {}
