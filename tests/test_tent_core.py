@@ -161,11 +161,11 @@ def real_c_root(tmp_path_factory) -> Path:
     return folder.parent
 
 
-def _mean_error(root: Path, method: str, scenario: str, n: int = 1000) -> float:
+def _mean_error(root: Path, method: str, scenario: str, n: int = 1000, batch_size: int | None = None) -> float:
     from tta.runner import Run, RunConfig
 
     run = Run(RunConfig(protocol="cifar10c", method=method, checkpoint=str(RESNET20), data_root=str(root),
-                        domains=list(REAL_CORRUPTIONS), n_examples=n, scenario=scenario))
+                        domains=list(REAL_CORRUPTIONS), n_examples=n, batch_size=batch_size, scenario=scenario))
     rows = run.execute()
     assert [r["domain"] for r in rows] == [f"{d}-5" for d in REAL_CORRUPTIONS]
     assert all(r["extra"]["nonfinite_resets"] == 0 for r in rows)
@@ -174,7 +174,24 @@ def _mean_error(root: Path, method: str, scenario: str, n: int = 1000) -> float:
 
 @pytest.fixture(scope="module")
 def episodic_errors(real_c_root) -> dict[str, float]:
-    return {m: _mean_error(real_c_root, m, "episodic") for m in ("bn_adapt", "alpha_bn", "tent", "core")}
+    return {m: _mean_error(real_c_root, m, "episodic") for m in ("bn_adapt", "alpha_bn")}
+
+
+@pytest.fixture(scope="module")
+def bounded_errors(real_c_root) -> dict[str, float]:
+    return {m: _mean_error(real_c_root, m, "episodic", n=2000, batch_size=50) for m in ("bn_adapt", "tent", "core")}
+
+
+def test_tent_and_core_beat_bn_adapt_on_a_bounded_stream(bounded_errors):
+    """2,000 examples per domain in batches of 50 (40 steps, a fifth of the full run's work).
+    Measured (engine 3, mean error over the three domains), seed 0: bn_adapt 36.50%, tent
+    35.82%, core 35.32%, alpha_bn 36.48%; bn_adapt minus method, seeds 1 and 2 (other subsets
+    and orders): tent 0.43 and 0.32, core 1.52 and 1.35 points; 4,000 examples in batches of
+    100: tent 0.67, core 1.57. The margins asserted are below the smallest of these; a step that
+    does nothing (tent = bn_adapt, core = alpha_bn, 0.02 below it) or climbs the loss fails.
+    The full-length claim is the slow test below."""
+    assert bounded_errors["tent"] < bounded_errors["bn_adapt"] - 0.2
+    assert bounded_errors["core"] < bounded_errors["bn_adapt"] - 0.6
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +199,7 @@ def full_length_errors(real_c_root) -> dict[str, float]:
     return {m: _mean_error(real_c_root, m, "episodic", n=10000) for m in ("bn_adapt", "tent", "core")}
 
 
+@pytest.mark.slow  # about 15 CPU minutes; run with `pytest -m slow`
 def test_tent_and_core_beat_bn_adapt_episodic(full_length_errors):
     """All 10,000 examples per domain, batch 200 (50 steps). Measured with engine version 2,
     seed 0: bn_adapt 34.86%, tent 33.36%, core 32.38% (mean over the three domains). Shorter
