@@ -124,3 +124,66 @@ def test_missing_files_are_one_line_errors(data_root):
         GTA5Cityscapes().check([Domain("cityscapes")], data_root)
     with pytest.raises(UserError, match="GTA5 images not found"):
         GTA5Cityscapes().check([Domain("gta5")], data_root / "nowhere")
+
+
+def write_acdc(root: Path, conditions=("fog",), kinds=("labelIds",), partial: str | None = None) -> None:
+    """ACDC val of ``conditions`` (2 sequences x 2 frames, with references) and label files of ``kinds``.
+
+    Image (sequence ``s``, frame ``f``) is labelled train class ``10 + 2s + f`` in its ``labelIds`` file
+    and train class ``2s + f`` in its ``labelTrainIds`` file, so a test sees which file was read.
+    ``partial``: that label kind is written for the first frame only.
+    """
+    label_ids = list(EXPECTED_TRAIN_IDS)
+    for c, condition in enumerate(conditions):
+        for s, sequence in enumerate(("GOPR0475", "GP010476")):
+            for f in range(2):
+                stem = f"{sequence}_frame_{f * 100 + 41:06d}"
+                value = 100 + 10 * c + 4 * s + f
+                _save_rgb(root / f"acdc/rgb_anon/{condition}/val/{sequence}/{stem}_rgb_anon.png", value)
+                _save_rgb(root / f"acdc/rgb_anon/{condition}/val_ref/{sequence}/{stem}_rgb_ref_anon.png", value + 50)
+                gt = root / f"acdc/gt/{condition}/val/{sequence}"
+                if "labelIds" in kinds and (partial != "labelIds" or (s, f) == (0, 0)):
+                    _save_label(gt / f"{stem}_gt_labelIds.png", label_ids[10 + 2 * s + f])
+                if "labelTrainIds" in kinds and (partial != "labelTrainIds" or (s, f) == (0, 0)):
+                    train = np.full(SIZE, 255, np.uint8)  # right half ignored, as in the labelIds maps
+                    train[:, : SIZE[1] // 2] = 2 * s + f
+                    gt.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(train).save(gt / f"{stem}_gt_labelTrainIds.png")
+
+
+def _first_label_by_image(reader: ACDC, root: Path, condition: str) -> dict[int, int]:
+    data = reader.load(Domain(condition), root)
+    images, labels = data.images[np.arange(4)], data.labels[np.arange(4)]
+    assert (labels[:, :, SIZE[1] // 2:] == 255).all()
+    return {int(images[k, 0, 0, 0]) - 100: int(labels[k][0, 0]) for k in range(4)}  # 4s + f -> train id
+
+
+def test_acdc_reads_label_train_ids_alone(tmp_path):
+    write_acdc(tmp_path, ("fog",), kinds=("labelTrainIds",))
+    reader = ACDC(input_size=(3, 5))
+    reader.check([Domain("fog")], tmp_path)
+    assert _first_label_by_image(reader, tmp_path, "fog") == {4 * s + f: 2 * s + f for s in range(2) for f in range(2)}
+    assert reader.row_extra("fog") == {"input_size": "3x5", "label_format": "labelTrainIds"}
+    assert all(p.name.endswith("_gt_labelTrainIds.png") for p in reader.data_files([Domain("fog")], tmp_path)
+               if "/gt/" in p.as_posix())
+
+
+def test_acdc_prefers_label_train_ids_when_both_exist(tmp_path):
+    write_acdc(tmp_path, ("fog", "night"), kinds=("labelIds", "labelTrainIds"))
+    reader = ACDC(input_size=(3, 5))
+    by_image = _first_label_by_image(reader, tmp_path, "night")
+    assert by_image == {4 * s + f + 10: 2 * s + f for s in range(2) for f in range(2)}  # night: values + 10
+    assert reader.row_extra("night")["label_format"] == "labelTrainIds"
+
+
+def test_acdc_label_ids_alone_and_incomplete_train_ids(tmp_path):
+    expected = {4 * s + f: EXPECTED_TRAIN_IDS[list(EXPECTED_TRAIN_IDS)[10 + 2 * s + f]] for s in range(2) for f in range(2)}
+    write_acdc(tmp_path, ("fog",), kinds=("labelIds", "labelTrainIds"), partial="labelTrainIds")
+    reader = ACDC(input_size=(3, 5))
+    assert _first_label_by_image(reader, tmp_path, "fog") == expected  # trainIds for some images only: labelIds for all
+    assert reader.row_extra("fog")["label_format"] == "labelIds"
+    write_acdc(tmp_path / "neither", ("fog",), kinds=("labelIds", "labelTrainIds"), partial="labelIds")
+    for stale in (tmp_path / "neither/acdc/gt/fog/val").glob("*/*_gt_labelTrainIds.png"):
+        stale.unlink()
+    with pytest.raises(UserError, match=r"ACDC fog label files missing.*_gt_labelIds\.png.*labelTrainIds"):
+        ACDC().check([Domain("fog")], tmp_path / "neither")

@@ -51,7 +51,7 @@ def test_logits_are_upsampled_bilinearly_to_the_label_size():
     metrics = SegmentationMetrics(3)
     metrics.update(one_hot_logits(coarse, 3), labels)
     assert metrics.compute()["extra"]["miou"] == pytest.approx(100.0)
-    assert metrics.expected_shape(torch.zeros(5, 3, 7, 9)) == (5, 3, 7, 9)
+    assert metrics.expected_shape(torch.zeros(5, 3, 7, 9)) == (5, 3, None, None)  # any h x w: upsampled
 
 
 def test_pixel_nll_of_uniform_logits_is_log_c_and_empty_domain_is_nan():

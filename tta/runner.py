@@ -9,7 +9,8 @@
 Everything that decides a result (protocol, method, resolved hyperparameters, seed,
 model, checkpoint hash and, for a DG checkpoint, its training method and pretrained
 weights, the data actually read (root and fingerprint, :mod:`tta.fingerprint`), severity,
-batch size, example cap, and for non-episodic scenarios the domain sequence) is hashed
+batch size, example cap, the reader's resolved input size (segmentation), and for
+non-episodic scenarios the domain sequence) is hashed
 into ``run_key``; finished cells are skipped. Each cell is claimed in the store before it
 is computed (:meth:`tta.store.ResultStore.claim`), so two processes never compute the
 same cell: the second waits for the first's row.
@@ -73,6 +74,8 @@ class RunConfig:
     device: str = "cpu"
     #: ``torch.compile`` the adapted model after ``setup`` (does not change results' identity)
     compile: bool = False
+    #: ``(height, width)`` the reader resizes images to (segmentation); ``None``: the spec's, else the reader's
+    input_size: tuple[int, int] | None = None
 
 
 class Run:
@@ -88,7 +91,7 @@ class Run:
         for name, value in (("batch size", config.batch_size), ("--n-examples", config.n_examples)):
             if value is not None and value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
-        self.protocol = Protocol.create(spec, data_root(config.data_root))
+        self.protocol = Protocol.create(spec, data_root(config.data_root), config.input_size)
         missing = [k for k in self.method.side_inputs if k not in self.protocol.reader.side_inputs]
         if missing:
             raise UserError(f"method {self.method.name!r} needs side input {missing[0]!r}, which protocol "
@@ -106,7 +109,7 @@ class Run:
             why = (f"protocol {spec.name!r} names no checkpoint" if self.model_name == spec.model
                    else f"model {self.model_name!r} is not the protocol's model ({spec.model})")
             raise UserError(f"{why}; give --checkpoint PATH or URL")
-        self.model = create_model(self.model_name, spec.num_classes)
+        self.model = create_model(self.model_name, spec.num_classes, spec.task)
         try:
             loaded = load_into(self.model.net, self.checkpoint,
                                spec.checkpoint_sha256 if not config.checkpoint else None)
@@ -140,6 +143,7 @@ class Run:
             "batch_size": self.batch_size, "n_examples": self.n_examples,
             "severity": sorted({d.severity for d in self.domains}, key=str),
             "data_fingerprint": self.data_fingerprint, "data_root": self.data_root, **self._provenance(),
+            **self.protocol.reader.identity(),
         }
         if not self.scenario.independent:
             identity["sequence"] = [d.key for d in self.domains]
@@ -254,7 +258,8 @@ class Run:
             "images_per_s": result["n"] / method_s if method_s > 0 else float("nan"),
             "method_s": method_s, "wall_s": wall_s, "peak_mem_mb": _peak_memory_mb(self.device),
             "extra": {**result.get("extra", {}), **self.method.row_extra(), **segment.extra(),
-                      **self._engine_extra(), **self._provenance(), "nonfinite_resets": nonfinite_resets},
+                      **self._engine_extra(), **self._provenance(), **self.protocol.reader.row_extra(segment.key),
+                      "nonfinite_resets": nonfinite_resets},
         }
 
     def _engine_extra(self) -> dict[str, int]:
@@ -269,9 +274,11 @@ class Run:
             raise
         except (Exception, SystemExit) as exc:  # a plugin's sys.exit() too: one error line, finished rows kept
             raise UserError(f"method {self.method.name!r} failed on domain {domain}: {type(exc).__name__}: {exc}") from None
-        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+        if not isinstance(logits, torch.Tensor) or not _shape_matches(tuple(logits.shape), expected):
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise UserError(f"method {self.method.name!r} returned {got} on domain {domain}; expected logits of shape {expected}")
+            wanted = "(" + ", ".join("any" if e is None else str(e) for e in expected) + ")"
+            raise UserError(f"method {self.method.name!r} returned {got} on domain {domain}; "
+                            f"expected logits of shape {wanted}")
         return logits
 
 
@@ -338,6 +345,11 @@ def _check_model_name(name: str) -> None:
 
     if not timm.list_models(name):
         raise UserError(f"{MODELS.unknown_message(name)}; it is not a timm model name either")
+
+
+def _shape_matches(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
+    """``shape`` is ``expected`` where ``expected`` is not ``None`` (a segmentation metric takes any h x w)."""
+    return len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected))
 
 
 def _stored_rows(store: ResultStore | None, run_key: str, keys: list[str]) -> list[dict[str, Any]]:

@@ -21,7 +21,10 @@ their number of pixels.
 
 Labels are integer maps ``N x H x W`` with ``255`` = ignored. Logits ``N x C x h x w`` of
 another size are upsampled bilinearly (``align_corners=False``) to the label size first,
-one image at a time (full Cityscapes labels are 1024 x 2048).
+one image at a time (full Cityscapes labels are 1024 x 2048). So logits may come at any
+resolution (:meth:`SegmentationMetrics.expected_shape` leaves ``h x w`` free): at the
+input size, or at the 1/8 resolution many segmenters predict at, as mmseg's
+``resize(..., mode="bilinear", align_corners=False)`` to the label size does.
 """
 
 from __future__ import annotations
@@ -67,8 +70,10 @@ class SegmentationMetrics(Metrics):
         self.missed: torch.Tensor | None = None
         self._pixels = ClassificationMetrics(num_classes)
 
-    def expected_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        return (x.shape[0], self.num_classes, x.shape[2], x.shape[3])
+    def expected_shape(self, x: torch.Tensor) -> tuple[int | None, ...]:
+        """``N x C x any x any``: logits at input size, or at a lower resolution (a network predicting
+        at 1/8 scale), are upsampled to the label size in :meth:`update`; ``None`` = any size."""
+        return (x.shape[0], self.num_classes, None, None)
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         with torch.no_grad():

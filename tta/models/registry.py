@@ -32,14 +32,17 @@ class ModelEntry:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     doc: str
+    #: segmentation: input sides are padded to a multiple of this (the network's stride), see :mod:`tta.models.seg_inference`
+    input_multiple: int = 32
 
 
-def register_model(name: str, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Register ``factory(num_classes=...) -> nn.Module`` and its checkpoints' input normalization."""
+def register_model(name: str, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_multiple: int = 32):
+    """Register ``factory(num_classes=...) -> nn.Module``, its checkpoints' input normalization and, for a
+    segmenter, the multiple its input sides are padded to (its output stride; default 32)."""
 
     def decorate(factory):
         doc = (factory.__doc__ or "").strip().splitlines()
-        MODELS.add(name, ModelEntry(factory, tuple(mean), tuple(std), doc[0] if doc else ""))
+        MODELS.add(name, ModelEntry(factory, tuple(mean), tuple(std), doc[0] if doc else "", int(input_multiple)))
         return factory
 
     return decorate
@@ -58,8 +61,17 @@ class Normalized(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def create_model(name: str, num_classes: int) -> Normalized:
-    """A registered model, else any timm model by name (random init; load weights separately)."""
+def create_model(name: str, num_classes: int, task: str = "classification") -> Normalized:
+    """A registered model, else any timm model by name (random init; load weights separately).
+
+    For ``task="segmentation"`` a :class:`tta.models.seg_inference.PaddedSegmenter`: inputs padded to the
+    model's ``input_multiple``, logits cropped back to the input size.
+    """
+    if name in MODELS and task == "segmentation":
+        from tta.models.seg_inference import PaddedSegmenter
+
+        entry = MODELS.get(name)
+        return PaddedSegmenter(entry.factory(num_classes=num_classes), entry.mean, entry.std, entry.input_multiple)
     if name in MODELS:
         entry = MODELS.get(name)
         return Normalized(entry.factory(num_classes=num_classes), entry.mean, entry.std)

@@ -89,6 +89,15 @@ class DatasetReader:
         """
         return None
 
+    def identity(self) -> dict:
+        """What else about this reader decides a number (e.g. the resolved ``input_size``): joins the run's
+        identity. Independent of the domains chosen, so a run over fewer domains reuses stored rows."""
+        return {}
+
+    def row_extra(self, domain_key: str) -> dict:
+        """What a result row of domain ``domain_key`` records about how it was read (row ``extra``)."""
+        return {}
+
 
 def _validated(load):
     @functools.wraps(load)
@@ -187,9 +196,21 @@ class Protocol:
         self.reader.protocol_spec = self.spec
 
     @classmethod
-    def create(cls, spec: ProtocolSpec, root: Path) -> "Protocol":
-        """The protocol of ``spec`` over data root ``root`` (which must exist, unless it is the default)."""
-        return cls(spec, DATASETS.get(spec.dataset)(), existing_root(root))
+    def create(cls, spec: ProtocolSpec, root: Path, input_size: tuple[int, int] | None = None) -> "Protocol":
+        """The protocol of ``spec`` over data root ``root`` (which must exist, unless it is the default).
+
+        ``input_size`` (else the spec's) goes to a reader that takes one (``__init__(input_size=...)``).
+        """
+        import inspect
+
+        reader_cls = DATASETS.get(spec.dataset)
+        size = input_size or spec.input_size
+        if size is None:
+            return cls(spec, reader_cls(), existing_root(root))
+        if "input_size" not in inspect.signature(reader_cls).parameters:
+            raise UserError(f"dataset {spec.dataset!r} of protocol {spec.name!r} has a fixed image size; "
+                            f"--input-size / input_size applies to readers that resize (segmentation)")
+        return cls(replace(spec, input_size=tuple(size)), reader_cls(input_size=tuple(size)), existing_root(root))
 
     @property
     def name(self) -> str:

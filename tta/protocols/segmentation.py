@@ -8,13 +8,19 @@ Under the data root (``--data-root`` / ``$TTA_DATA``)::
     cityscapes/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png
     acdc/rgb_anon/<condition>/<split>/<sequence>/<stem>_rgb_anon.png     (Sakaridis et al., ICCV 2021)
     acdc/rgb_anon/<condition>/<split>_ref/<sequence>/<stem>_rgb_ref_anon.png   normal-condition reference
-    acdc/gt/<condition>/<split>/<sequence>/<stem>_gt_labelIds.png
+    acdc/gt/<condition>/<split>/<sequence>/<stem>_gt_labelTrainIds.png   (or _gt_labelIds.png)
 
 Labels are read as Cityscapes label IDs and mapped to the 19 train IDs (everything else
-255, ignored) by :mod:`tta.data.cityscapes_labels`. Images are large, so
+255, ignored) by :mod:`tta.data.cityscapes_labels`. ACDC ships both label kinds; CMA's and
+mmseg's loaders read ``*_gt_labelTrainIds.png`` (train IDs already, 255 ignored), so a
+condition whose every image has one is read from those, else from ``*_gt_labelIds.png``;
+which one is recorded in every row (``extra["label_format"]``) and, through the file
+names, in the data fingerprint of the run's identity. Images are large, so
 ``DomainData.images`` is a lazy :class:`PngStack`: ``stack[idx]`` decodes only the rows
 asked for, resized (bilinear, antialiased) to the reader's ``input_size``, the resolution
-the network sees. Labels keep their native size (resized with nearest neighbour only if
+the network sees (``--input-size HxW`` / the spec's ``input_size`` overrides the
+per-domain default; the resolved size is part of the run's identity and of every row's
+``extra["input_size"]``). Labels keep their native size (resized with nearest neighbour only if
 files differ in size), and the metrics upsample logits to them.
 """
 
@@ -110,7 +116,11 @@ CITYSCAPES_LAYOUT = ("cityscapes/leftImg8bit/<split>/<city>/*_leftImg8bit.png + 
                      "cityscapes/gtFine/<split>/<city>/*_gtFine_labelIds.png")
 ACDC_LAYOUT = ("acdc/rgb_anon/<condition>/<split>/<sequence>/*_rgb_anon.png, "
                "acdc/rgb_anon/<condition>/<split>_ref/<sequence>/*_rgb_ref_anon.png, "
-               "acdc/gt/<condition>/<split>/<sequence>/*_gt_labelIds.png")
+               "acdc/gt/<condition>/<split>/<sequence>/*_gt_labelTrainIds.png (or *_gt_labelIds.png)")
+#: label file kinds, in order of preference -> the map from their values to train IDs (``None``: already train IDs)
+LABEL_IDS = "labelIds"
+LABEL_TRAIN_IDS = "labelTrainIds"
+LABEL_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray] | None] = {LABEL_TRAIN_IDS: None, LABEL_IDS: to_train_ids}
 
 
 def gta5_pairs(root: Path) -> tuple[list[Path], list[Path]]:
@@ -141,7 +151,11 @@ def cityscapes_pairs(root: Path, split: str = "val") -> tuple[list[Path], list[P
 
 
 def acdc_triples(root: Path, condition: str, split: str = "val") -> tuple[list[Path], list[Path], list[Path]]:
-    """(adverse image, label-ID map, normal-condition reference) paths of one ACDC condition and split."""
+    """(adverse image, label map, normal-condition reference) paths of one ACDC condition and split.
+
+    The label maps are the ``*_gt_labelTrainIds.png`` files when every image has one, else the
+    ``*_gt_labelIds.png`` files (:func:`acdc_label_format` says which).
+    """
     folder = root / "acdc"
     image_dir = folder / "rgb_anon" / condition / split
     _require_dir(image_dir, f"ACDC {condition} {split} images", ACDC_LAYOUT, root)
@@ -152,19 +166,29 @@ def acdc_triples(root: Path, condition: str, split: str = "val") -> tuple[list[P
     def stem(path: Path) -> str:
         return path.name[: -len("_rgb_anon.png")]
 
-    labels = _paired(images, lambda p: folder / "gt" / condition / split / p.parent.name / f"{stem(p)}_gt_labelIds.png",
-                     f"ACDC {condition} label files", ACDC_LAYOUT, root)
+    def label_of(kind: str) -> Callable[[Path], Path]:
+        return lambda p: folder / "gt" / condition / split / p.parent.name / f"{stem(p)}_gt_{kind}.png"
+
+    kind = LABEL_TRAIN_IDS if all(label_of(LABEL_TRAIN_IDS)(p).is_file() for p in images) else LABEL_IDS
+    labels = _paired(images, label_of(kind), f"ACDC {condition} label files", ACDC_LAYOUT, root)
     references = _paired(
         images, lambda p: folder / "rgb_anon" / condition / f"{split}_ref" / p.parent.name / f"{stem(p)}_rgb_ref_anon.png",
         f"ACDC {condition} reference images", ACDC_LAYOUT, root)
     return images, labels, references
 
 
+def acdc_label_format(labels: list[Path]) -> str:
+    """``labelTrainIds`` or ``labelIds``: the kind of the ACDC label files ``labels`` (from their names)."""
+    return LABEL_TRAIN_IDS if labels and labels[0].name.endswith(f"_gt_{LABEL_TRAIN_IDS}.png") else LABEL_IDS
+
+
 class SegmentationReader(DatasetReader):
     """Base of the file-based segmentation readers: Cityscapes train IDs, lazy resized images.
 
-    ``input_size`` = ``(height, width)`` of the network input per domain (the evaluation
-    resolution); labels are scored at their native size.
+    ``input_size`` = ``(height, width)`` of the network input of every domain (the evaluation
+    resolution), else each domain's default in ``input_sizes``; labels are scored at their
+    native size. The resolved sizes join the run's identity (:meth:`identity`) and each row
+    records its domain's size and label file kind (:meth:`row_extra`).
     """
 
     has_severity = False
@@ -172,10 +196,30 @@ class SegmentationReader(DatasetReader):
     input_sizes: dict[str, tuple[int, int]] = {}
 
     def __init__(self, input_size: tuple[int, int] | None = None) -> None:
-        self.input_size = input_size
+        self.input_size = tuple(input_size) if input_size is not None else None
+        #: domain name -> the label file kind read (``labelIds`` / ``labelTrainIds``), once its files were found
+        self.label_formats: dict[str, str] = {}
 
     def size_of(self, domain: Domain) -> tuple[int, int]:
         return self.input_size or self.input_sizes[domain.name]
+
+    def identity(self) -> dict:
+        """``input_size``: the override as ``HxW``, else every domain's default (not only the chosen ones)."""
+        if self.input_size is not None:
+            return {"input_size": _size_text(self.input_size)}
+        return {"input_size": {name: _size_text(size) for name, size in sorted(self.input_sizes.items())}}
+
+    def row_extra(self, domain_key: str) -> dict:
+        if domain_key not in self.domains:
+            return {}
+        extra = {"input_size": _size_text(self.size_of(Domain(domain_key)))}
+        if domain_key in self.label_formats:
+            extra["label_format"] = self.label_formats[domain_key]
+        return extra
+
+    def label_format(self, domain: Domain, files: tuple[list[Path], ...]) -> str:
+        """The kind of label files ``files`` holds for ``domain`` (Cityscapes, GTA5: label IDs)."""
+        return LABEL_IDS
 
     def expected_size(self, domain: Domain) -> tuple[int, int]:
         return self.size_of(domain)
@@ -191,10 +235,13 @@ class SegmentationReader(DatasetReader):
         return [path for d in domains for group in self.files(d, root) for path in group]
 
     def load(self, domain: Domain, root: Path) -> DomainData:
-        images, labels, *references = self.files(domain, root)
+        files = self.files(domain, root)
+        images, labels, *references = files
         size = self.size_of(domain)
+        kind = self.label_formats[domain.name] = self.label_format(domain, files)
         extras = {"reference": PngStack(references[0], size)} if references else {}
-        return DomainData(PngStack(images, size), PngStack(labels, None, label=True, transform=to_train_ids),
+        labels = PngStack(labels, None, label=True, transform=LABEL_TRANSFORMS[kind])
+        return DomainData(PngStack(images, size), labels,
                           "official", extras, origin=f"{domain.name} images under {root}",
                           label_origin=f"{domain.name} label maps under {root}")
 
@@ -222,3 +269,10 @@ class ACDC(SegmentationReader):
 
     def files(self, domain, root):
         return acdc_triples(root, domain.name, "val")
+
+    def label_format(self, domain, files):
+        return acdc_label_format(files[1])
+
+
+def _size_text(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"

@@ -1,7 +1,9 @@
 """Declarative protocol specs (TOML) and where they are found.
 
 A spec names the dataset reader, domain order (default: the reader's), severity,
-scenario, batch size, number of classes, and the source model with its checkpoint.
+scenario, batch size, number of classes, the source model with its checkpoint, and for
+readers that resize (segmentation) the network ``input_size`` (``[H, W]`` or ``"HxW"``;
+default: the reader's per-domain size).
 Built-in specs live in the checkout's top-level ``protocols/`` folder (shipped inside the
 package as ``tta/protocols/specs``); more folders can be listed in ``$TTA_PROTOCOLS``;
 ``--protocol path/to/spec.toml`` loads one file directly.
@@ -34,6 +36,20 @@ class ProtocolSpec:
     batch_size: int = 200
     n_examples: int | None = None
     task: str = "classification"
+    #: ``(height, width)`` the reader resizes images to (segmentation); ``None``: the reader's default
+    input_size: tuple[int, int] | None = None
+
+
+def parse_size(value, what: str = "input size") -> tuple[int, int]:
+    """``"HxW"``, ``[H, W]`` or ``(H, W)`` -> ``(H, W)`` of positive ints, else one :class:`UserError` line."""
+    parts = value.lower().split("x") if isinstance(value, str) else value
+    try:
+        height, width = (int(str(p).strip()) for p in parts)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} {value!r} is not HxW (e.g. 540x960)") from None
+    if height < 1 or width < 1:
+        raise UserError(f"{what} {value!r} must be positive, e.g. 540x960")
+    return height, width
 
 
 def load_spec(path: Path) -> ProtocolSpec:
@@ -48,6 +64,8 @@ def load_spec(path: Path) -> ProtocolSpec:
     raw.setdefault("name", path.stem)
     if "domains" in raw:
         raw["domains"] = tuple(raw["domains"])
+    if "input_size" in raw:
+        raw["input_size"] = parse_size(raw["input_size"], f"protocol spec {str(path)!r}: input_size")
     try:
         return ProtocolSpec(**raw)
     except TypeError as exc:
