@@ -142,6 +142,8 @@ def test_cli_input_size(cityscapes_root, tmp_path, tiny_models, capsys):
     assert json.loads(out.read_text())[0]["extra"]["input_size"] == "24x40"
     assert main([*base, "--input-size", "24by40"]) == 2
     assert "error: --input-size '24by40' is not HxW" in capsys.readouterr().err
+    assert main([*base, "--split", "testing"]) == 2
+    assert "error: dataset GTA5Cityscapes has no split 'testing'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["skip8", "skip32"])
@@ -213,3 +215,36 @@ def test_acdc_row_records_train_id_labels(tmp_path, tiny_models):
                   domains=["fog"]).execute()
     assert row["extra"]["label_format"] == "labelTrainIds" and row["extra"]["input_size"] == "16x24"
     assert row["n"] == 4
+
+
+def test_split_reads_that_folder_and_is_in_the_identity(cityscapes_root, tmp_path, tiny_models):
+    import shutil
+
+    shutil.copytree(cityscapes_root / "cityscapes/leftImg8bit/val", cityscapes_root / "cityscapes/leftImg8bit/train")
+    shutil.copytree(cityscapes_root / "cityscapes/gtFine/val", cityscapes_root / "cityscapes/gtFine/train")
+    for extra in ("leftImg8bit", "gtFine"):  # the train split holds one image fewer
+        next(iter(sorted((cityscapes_root / f"cityscapes/{extra}/train/aachen").glob("*")))).unlink()
+    checkpoint = _checkpoint(tmp_path, "eighth")
+    val, train = (_run(cityscapes_root, "eighth", checkpoint, (24, 40), split=split) for split in ("val", "train"))
+    assert val.run_key != train.run_key and val.data_fingerprint != train.data_fingerprint
+    (row,) = train.execute()
+    assert row["n"] == 2 and row["extra"]["split"] == "train"
+    assert val.protocol.reader.row_extra("cityscapes")["split"] == "val"
+    with pytest.raises(UserError, match="no split 'testing'.*train, val, test"):
+        _run(cityscapes_root, "eighth", checkpoint, split="testing")
+    with pytest.raises(UserError, match="Cityscapes test images not found"):
+        _run(cityscapes_root, "eighth", checkpoint, split="test")
+    with pytest.raises(UserError, match="cifar10c.*takes no split"):
+        Protocol.create(find_spec("cifar10c"), tmp_path, split="train")
+
+
+def test_acdc_split_reads_its_own_reference_folder(tmp_path, tiny_models):
+    from test_segmentation_data import write_acdc
+
+    root = tmp_path / "data"
+    write_acdc(root, ("snow",))
+    for kind in ("rgb_anon/snow/val", "rgb_anon/snow/val_ref", "gt/snow/val"):
+        (root / "acdc" / kind).rename(root / "acdc" / kind.replace("val", "train"))
+    (row,) = _run(root, "eighth", _checkpoint(tmp_path, "eighth"), (16, 24), protocol="acdc", domains=["snow"],
+                  split="train").execute()
+    assert row["n"] == 4 and row["extra"]["split"] == "train" and row["extra"]["label_format"] == "labelIds"

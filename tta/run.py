@@ -34,6 +34,7 @@ def build_parser() -> Parser:
     p.add_argument("--n-examples", type=int, help="examples per domain (default: all)")
     p.add_argument("--input-size", metavar="HxW", help="segmentation: resize images to HxW, e.g. 540x960 "
                                                         "(default: the protocol's per-domain size)")
+    p.add_argument("--split", help="segmentation: dataset split to read, train, val or test (default val)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stream order and the method (default 0)")
     p.add_argument("--scenario", help="scenario NAME or NAME:key=value,... e.g. dirichlet:delta=0.01 "
                                       "(default: the protocol's; see --list)")
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model, checkpoint=args.checkpoint, domains=domains,
         severity=args.severity, batch_size=args.batch_size, n_examples=args.n_examples,
         scenario=args.scenario, data_root=args.data_root, device=args.device, compile=args.compile,
-        input_size=parse_size(args.input_size, "--input-size") if args.input_size else None,
+        input_size=parse_size(args.input_size, "--input-size") if args.input_size else None, split=args.split,
     )
     run = Run(config)  # every input validated before the store is touched: a failed start creates nothing
     store = None if args.no_store else ResultStore(args.store)

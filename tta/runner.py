@@ -9,7 +9,7 @@
 Everything that decides a result (protocol, method, resolved hyperparameters, seed,
 model, checkpoint hash and, for a DG checkpoint, its training method and pretrained
 weights, the data actually read (root and fingerprint, :mod:`tta.fingerprint`), severity,
-batch size, example cap, the reader's resolved input size (segmentation), and for
+batch size, example cap, the reader's resolved input size and split (segmentation), and for
 non-episodic scenarios the domain sequence) is hashed
 into ``run_key``; finished cells are skipped. Each cell is claimed in the store before it
 is computed (:meth:`tta.store.ResultStore.claim`), so two processes never compute the
@@ -76,6 +76,8 @@ class RunConfig:
     compile: bool = False
     #: ``(height, width)`` the reader resizes images to (segmentation); ``None``: the spec's, else the reader's
     input_size: tuple[int, int] | None = None
+    #: dataset split (``train`` / ``val`` / ``test``, segmentation readers); ``None``: the spec's, else ``val``
+    split: str | None = None
 
 
 class Run:
@@ -91,7 +93,7 @@ class Run:
         for name, value in (("batch size", config.batch_size), ("--n-examples", config.n_examples)):
             if value is not None and value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
-        self.protocol = Protocol.create(spec, data_root(config.data_root), config.input_size)
+        self.protocol = Protocol.create(spec, data_root(config.data_root), config.input_size, config.split)
         missing = [k for k in self.method.side_inputs if k not in self.protocol.reader.side_inputs]
         if missing:
             raise UserError(f"method {self.method.name!r} needs side input {missing[0]!r}, which protocol "

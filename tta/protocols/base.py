@@ -196,21 +196,25 @@ class Protocol:
         self.reader.protocol_spec = self.spec
 
     @classmethod
-    def create(cls, spec: ProtocolSpec, root: Path, input_size: tuple[int, int] | None = None) -> "Protocol":
+    def create(cls, spec: ProtocolSpec, root: Path, input_size: tuple[int, int] | None = None,
+               split: str | None = None) -> "Protocol":
         """The protocol of ``spec`` over data root ``root`` (which must exist, unless it is the default).
 
-        ``input_size`` (else the spec's) goes to a reader that takes one (``__init__(input_size=...)``).
+        ``input_size`` and ``split`` (else the spec's) go to a reader that takes them
+        (``__init__(input_size=..., split=...)``, the segmentation readers); another reader refuses them.
         """
         import inspect
 
         reader_cls = DATASETS.get(spec.dataset)
-        size = input_size or spec.input_size
-        if size is None:
-            return cls(spec, reader_cls(), existing_root(root))
-        if "input_size" not in inspect.signature(reader_cls).parameters:
-            raise UserError(f"dataset {spec.dataset!r} of protocol {spec.name!r} has a fixed image size; "
-                            f"--input-size / input_size applies to readers that resize (segmentation)")
-        return cls(replace(spec, input_size=tuple(size)), reader_cls(input_size=tuple(size)), existing_root(root))
+        options = {k: v for k, v in (("input_size", input_size or spec.input_size), ("split", split or spec.split))
+                   if v is not None}
+        accepted = inspect.signature(reader_cls).parameters
+        for option in options:
+            if option not in accepted:
+                flag = option.replace("_", "-")
+                raise UserError(f"dataset {spec.dataset!r} of protocol {spec.name!r} takes no {option} "
+                                f"(--{flag}); it applies to readers that have one (segmentation)")
+        return cls(replace(spec, **options), reader_cls(**options), existing_root(root))
 
     @property
     def name(self) -> str:

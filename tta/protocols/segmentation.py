@@ -10,6 +10,10 @@ Under the data root (``--data-root`` / ``$TTA_DATA``)::
     acdc/rgb_anon/<condition>/<split>_ref/<sequence>/<stem>_rgb_ref_anon.png   normal-condition reference
     acdc/gt/<condition>/<split>/<sequence>/<stem>_gt_labelTrainIds.png   (or _gt_labelIds.png)
 
+``<split>`` is ``val`` unless ``--split`` (or the spec's ``split``) names ``train`` or
+``test``; the official test labels are withheld by both datasets' authors, so a test run
+needs label files placed there. GTA5's layout has no split folders.
+
 Labels are read as Cityscapes label IDs and mapped to the 19 train IDs (everything else
 255, ignored) by :mod:`tta.data.cityscapes_labels`. ACDC ships both label kinds; CMA's and
 mmseg's loaders read ``*_gt_labelTrainIds.png`` (train IDs already, 255 ignored), so a
@@ -194,8 +198,13 @@ class SegmentationReader(DatasetReader):
     has_severity = False
     classes = TRAIN_CLASSES
     input_sizes: dict[str, tuple[int, int]] = {}
+    #: the splits ``--split`` may name (the layout's ``<split>`` folder); ``val`` by default
+    splits: tuple[str, ...] = ("train", "val", "test")
 
-    def __init__(self, input_size: tuple[int, int] | None = None) -> None:
+    def __init__(self, input_size: tuple[int, int] | None = None, split: str = "val") -> None:
+        if split not in self.splits:
+            raise UserError(f"dataset {type(self).__name__} has no split {split!r} (splits: {', '.join(self.splits)})")
+        self.split = split
         self.input_size = tuple(input_size) if input_size is not None else None
         #: domain name -> the label file kind read (``labelIds`` / ``labelTrainIds``), once its files were found
         self.label_formats: dict[str, str] = {}
@@ -204,18 +213,26 @@ class SegmentationReader(DatasetReader):
         return self.input_size or self.input_sizes[domain.name]
 
     def identity(self) -> dict:
-        """``input_size``: the override as ``HxW``, else every domain's default (not only the chosen ones)."""
+        """``input_size``: the override as ``HxW``, else every domain's default (not only the chosen ones),
+        and the ``split``."""
         if self.input_size is not None:
-            return {"input_size": _size_text(self.input_size)}
-        return {"input_size": {name: _size_text(size) for name, size in sorted(self.input_sizes.items())}}
+            return {"input_size": _size_text(self.input_size), "split": self.split}
+        return {"input_size": {name: _size_text(size) for name, size in sorted(self.input_sizes.items())},
+                "split": self.split}
 
     def row_extra(self, domain_key: str) -> dict:
         if domain_key not in self.domains:
             return {}
         extra = {"input_size": _size_text(self.size_of(Domain(domain_key)))}
+        if self.split_of(domain_key) is not None:
+            extra["split"] = self.split_of(domain_key)
         if domain_key in self.label_formats:
             extra["label_format"] = self.label_formats[domain_key]
         return extra
+
+    def split_of(self, domain_name: str) -> str | None:
+        """The split domain ``domain_name`` is read from (``None``: a dataset without splits)."""
+        return self.split
 
     def label_format(self, domain: Domain, files: tuple[list[Path], ...]) -> str:
         """The kind of label files ``files`` holds for ``domain`` (Cityscapes, GTA5: label IDs)."""
@@ -248,27 +265,30 @@ class SegmentationReader(DatasetReader):
 
 @DATASETS.register("gta5_cityscapes")
 class GTA5Cityscapes(SegmentationReader):
-    """GTA5 -> Cityscapes: domain ``cityscapes`` (val split) and the source domain ``gta5``."""
+    """GTA5 -> Cityscapes: domain ``cityscapes`` (val split, or ``--split``) and the source domain ``gta5``."""
 
     domains = ("cityscapes", "gta5")
     input_sizes = {"cityscapes": (512, 1024), "gta5": (526, 957)}
 
-    finders = {"cityscapes": lambda root: cityscapes_pairs(root, "val"), "gta5": gta5_pairs}
+    finders = {"cityscapes": cityscapes_pairs, "gta5": lambda root, split: gta5_pairs(root)}
 
     def files(self, domain, root):
-        return self.finders[domain.name](root)
+        return self.finders[domain.name](root, self.split)
+
+    def split_of(self, domain_name):
+        return None if domain_name == "gta5" else self.split  # GTA5's layout here has no split folders
 
 
 @DATASETS.register("acdc")
 class ACDC(SegmentationReader):
-    """ACDC val split, one domain per adverse condition, each image with its normal-condition reference."""
+    """ACDC val split (or ``--split``), one domain per adverse condition, each image with its normal-condition reference."""
 
     domains = ("fog", "night", "rain", "snow")
     side_inputs = ("reference",)
     input_sizes = {name: (540, 960) for name in domains}
 
     def files(self, domain, root):
-        return acdc_triples(root, domain.name, "val")
+        return acdc_triples(root, domain.name, self.split)
 
     def label_format(self, domain, files):
         return acdc_label_format(files[1])

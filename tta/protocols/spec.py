@@ -3,7 +3,7 @@
 A spec names the dataset reader, domain order (default: the reader's), severity,
 scenario, batch size, number of classes, the source model with its checkpoint, and for
 readers that resize (segmentation) the network ``input_size`` (``[H, W]`` or ``"HxW"``;
-default: the reader's per-domain size).
+default: the reader's per-domain size) and, for readers with splits, the ``split``.
 Built-in specs live in the checkout's top-level ``protocols/`` folder (shipped inside the
 package as ``tta/protocols/specs``); more folders can be listed in ``$TTA_PROTOCOLS``;
 ``--protocol path/to/spec.toml`` loads one file directly.
@@ -38,6 +38,8 @@ class ProtocolSpec:
     task: str = "classification"
     #: ``(height, width)`` the reader resizes images to (segmentation); ``None``: the reader's default
     input_size: tuple[int, int] | None = None
+    #: the dataset split read (``train`` / ``val`` / ``test``, readers that have splits); ``None``: the reader's default
+    split: str | None = None
 
 
 def parse_size(value, what: str = "input size") -> tuple[int, int]:
