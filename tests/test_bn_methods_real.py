@@ -34,17 +34,19 @@ def test_source_error_on_clean_cifar10_test_set(cifar_test, resnet20_checkpoint)
     assert 100 * wrong / len(labels) == pytest.approx(18.8, abs=0.3)
 
 
-def run_noise(method, noise_root, checkpoint, **hp):
+def run_noise(method, noise_root, checkpoint, n=None, **hp):
     config = RunConfig(protocol="cifar10c", method=method, hparams=hp, checkpoint=checkpoint,
-                       data_root=str(noise_root), domains=["gaussian_noise"])
+                       data_root=str(noise_root), domains=["gaussian_noise"], n_examples=n)
     (row,) = Run(config).execute(store=None)
     return row
 
 
 def test_bn_adapt_beats_source_by_more_than_20_points_on_gaussian_noise(noise_root, resnet20_checkpoint):
-    source = run_noise("source", noise_root, resnet20_checkpoint)
-    adapted = run_noise("bn_adapt", noise_root, resnet20_checkpoint)
-    assert source["n"] == adapted["n"] == 10_000
+    """On 2,000 of the 10,000 images: source 82.40%, bn_adapt 48.65% (33.75 points; on all
+    10,000: 81.98% and 47.99%, 33.99 points), so 20 points leaves a margin of ~13 SE."""
+    source = run_noise("source", noise_root, resnet20_checkpoint, n=2000)
+    adapted = run_noise("bn_adapt", noise_root, resnet20_checkpoint, n=2000)
+    assert source["n"] == adapted["n"] == 2000
     assert source["error"] - adapted["error"] > 20.0
 
 
@@ -57,11 +59,12 @@ def noisy_batches(cifar_test):
 
 
 def test_alpha_bn_limits_equal_source_and_bn_adapt_exactly(noisy_batches, resnet20_checkpoint):
-    _, source = predict("source", resnet20_checkpoint, noisy_batches)
-    _, test_stats = predict("bn_adapt", resnet20_checkpoint, noisy_batches)
-    _, all_source = predict("alpha_bn", resnet20_checkpoint, noisy_batches, alpha=1.0)
-    _, all_test = predict("alpha_bn", resnet20_checkpoint, noisy_batches, alpha=0.0)
-    _, mixed = predict("alpha_bn", resnet20_checkpoint, noisy_batches, alpha=0.5)
+    batches3 = noisy_batches[:3]  # the equalities hold batch by batch: three show it
+    _, source = predict("source", resnet20_checkpoint, batches3)
+    _, test_stats = predict("bn_adapt", resnet20_checkpoint, batches3)
+    _, all_source = predict("alpha_bn", resnet20_checkpoint, batches3, alpha=1.0)
+    _, all_test = predict("alpha_bn", resnet20_checkpoint, batches3, alpha=0.0)
+    _, mixed = predict("alpha_bn", resnet20_checkpoint, batches3, alpha=0.5)
     assert all(torch.equal(a, b) for a, b in zip(all_source, source))
     assert all(torch.equal(a, b) for a, b in zip(all_test, test_stats))
     assert not torch.allclose(mixed[0], source[0]) and not torch.allclose(mixed[0], test_stats[0])
@@ -87,7 +90,7 @@ def test_adabn_statistics_equal_those_of_everything_it_saw(noisy_batches, resnet
     for i, layer in enumerate(method.layers):
         layer.register_forward_pre_hook(lambda mod, args, i=i: inputs.setdefault(i, []).append(args[0].double()))
     with torch.inference_mode():
-        for batch in noisy_batches:
+        for batch in noisy_batches[:4]:  # pooled over four batches of 200
             method(batch.x)
     assert len(inputs) == len(method.layers) == 19
     for i, layer in enumerate(method.layers):
