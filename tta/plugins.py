@@ -1,9 +1,13 @@
-"""Out-of-tree method plugins.
+"""Out-of-tree method and model plugins.
 
-Three ways in, all ending in :func:`tta.registry.register_method`:
+Three ways in, all ending in :func:`tta.registry.register_method` (methods) or
+:func:`tta.models.registry.register_model` (models):
 
 * an installed distribution that declares an entry point in the group ``tta.methods``
-  (``name = "package.module:MethodClass"`` or ``"package.module"``);
+  (``name = "package.module:MethodClass"`` or ``"package.module"``), or ``tta.models``
+  (``name = "package.module:factory"``: a factory registered with ``@register_model``, or
+  a plain ``factory(num_classes=...)`` registered under the entry point's name with the
+  ImageNet normalization; or ``"package.module"``, a module whose import registers);
 * a drop-in ``*.py`` file in a directory listed in ``$TTA_PLUGIN_PATH`` (``os.pathsep``
   separated) or in the source checkout's ``methods/`` folder;
 * ``--plugin path/to/file.py`` on the command line.
@@ -26,6 +30,7 @@ from tta.errors import UserError
 from tta.registry import METHODS
 
 ENTRY_POINT_GROUP = "tta.methods"
+MODEL_ENTRY_POINT_GROUP = "tta.models"
 TRAINING_ENTRY_POINT_GROUP = "tta.training_methods"
 CHECKOUT_PLUGIN_DIR = Path(__file__).resolve().parents[1] / "methods"
 
@@ -74,8 +79,29 @@ def load_training_entry_points() -> list[str]:
     return loaded
 
 
+def load_model_entry_points() -> list[str]:
+    """Import every ``tta.models`` entry point; register a factory the plugin did not register itself."""
+    from tta.models.registry import register_model
+    from tta.registry import MODELS
+
+    loaded = []
+    for ep in importlib.metadata.entry_points(group=MODEL_ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except UserError:
+            raise
+        except (Exception, SystemExit) as exc:
+            raise UserError(f"plugin entry point {ep.name!r} ({ep.value}) failed to import: {failure(exc)}") from None
+        registered = any(entry.factory is obj for _, entry in MODELS.items())
+        if callable(obj) and not inspect.ismodule(obj) and not registered and ep.name not in MODELS:
+            register_model(ep.name)(obj)
+        loaded.append(ep.name)
+    return loaded
+
+
 def load_file(path: str | os.PathLike) -> None:
-    """Execute a plugin file; its ``@register_method`` decorators register its methods."""
+    """Execute a plugin file; its ``@register_method`` / ``@register_model`` decorators register
+    its methods and models."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"plugin file {str(path)!r} does not exist")
@@ -115,6 +141,7 @@ def load_all(files: list[str] | tuple[str, ...] = ()) -> None:
     """Load entry points, drop-in directories and explicit plugin files, in that order."""
     load_entry_points()
     load_training_entry_points()
+    load_model_entry_points()
     load_drop_ins()
     for file in files:
         load_file(file)

@@ -1,10 +1,23 @@
-"""Load weights into a created model from a path, a URL (sha256-checked, cached) or ``builtin:NAME``.
+"""Load weights into a created model from a path, a URL (sha256-checked, cached), ``builtin:NAME``,
+or pretrained weights by name (``torchvision:<WEIGHTS_ENUM>``, ``timm:<model>.<tag>``, see
+:mod:`tta.models.pretrained`).
 
 Files are read with ``torch.load(weights_only=True)``: tensors and plain containers only,
-no pickled code runs. Accepted layouts: a bare state dict, or a dict holding it under
-``state_dict`` / ``model_state_dict`` / ``model``; a DataParallel ``module.`` prefix is
-stripped. ``builtin:NAME`` asks a registered weight provider (e.g. the smoke benchmark's
-model, a file shipped with the package).
+no pickled code runs (``.safetensors`` files with safetensors). ``builtin:NAME`` asks a
+registered weight provider (e.g. the smoke benchmark's model, a file shipped with the package).
+
+Checkpoint adaptors, applied by :func:`load_into` in this order:
+
+1. wrappers: a dict holding the state dict under ``state_dict`` / ``model_state_dict`` /
+   ``model`` / ``net`` (nested ones too, e.g. mmseg's ``{"meta": ..., "state_dict": ...}``);
+2. prefixes: ``module.`` (DataParallel / DDP) and ``model.`` (Lightning-style wrappers) are
+   removed only when every key has the prefix and the unprefixed keys match more of the
+   model's keys (a model whose own submodule is called ``model`` keeps its keys);
+3. the model's ``remap_keys`` hook (``register_model(..., remap_keys=...)``);
+4. the model's declared auxiliary heads (``register_model(..., drop_keys=("aux_classifier.",))``).
+
+What still does not fit is one line naming counts and a few of the file's own key names
+next to the model's.
 """
 
 from __future__ import annotations
@@ -12,6 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 from urllib.parse import urlparse
 
 import torch
@@ -23,6 +37,10 @@ from tta.paths import cache_dir
 from tta.registry import WEIGHTS
 
 BUILTIN = "builtin:"
+#: container keys a state dict is found under, outermost first (torch/Lightning/mmseg/timm training scripts)
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+#: whole-model prefixes a saving wrapper adds: DataParallel/DDP, Lightning modules holding ``self.model``
+WRAPPER_PREFIXES = ("module.", "model.")
 
 
 @dataclass(frozen=True)
@@ -35,6 +53,11 @@ def resolve(ref: str, sha256: str | None = None) -> Path:
     """A local file for ``ref`` (path, http(s) URL, or ``builtin:NAME``)."""
     if ref.startswith(BUILTIN):
         return WEIGHTS.get(ref[len(BUILTIN):])()
+    from tta.models.pretrained import resolve_named
+
+    named = resolve_named(ref)
+    if named is not None:
+        return named
     if urlparse(ref).scheme in ("http", "https"):
         name = Path(urlparse(ref).path).name or "checkpoint.pt"
         prefix = f"{sha256[:12]}-" if sha256 else ""
@@ -68,6 +91,8 @@ def load_weights_only(path: Path, mmap: bool = False) -> object:
     line naming the file's format (``mmap``: map the tensors instead of reading them, where
     the format allows)."""
     head = _read_head(path)
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -82,40 +107,108 @@ def load_weights_only(path: Path, mmap: bool = False) -> object:
                         f"({load_failure(exc)}){what}") from None
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict in ``path``; any failure to read it is one :class:`UserError` line."""
-    obj = load_weights_only(path)
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
+def unwrap(obj: object) -> object:
+    """The state dict inside the containers of :data:`WRAPPER_KEYS` (nested ones too)."""
+    for _ in range(len(WRAPPER_KEYS)):
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    return obj
+
+
+def read_state_dict(path: Path, strip_module: bool = True) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (unwrapped, :func:`unwrap`); any failure to read it is one
+    :class:`UserError` line. ``strip_module``: remove a ``module.`` prefix every key has
+    (callers without a model to compare against; :func:`load_into` decides with its model)."""
+    obj = unwrap(load_weights_only(path))
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"checkpoint {str(path)!r} holds no state dict of tensors")
-    if obj and all(k.startswith("module.") for k in obj):
+    if strip_module and obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
 
 
-def load_into(net: nn.Module, ref: str, sha256: str | None = None) -> LoadedCheckpoint:
-    """Load ``ref`` into ``net`` strictly; a mismatch is a one-line :class:`UserError`."""
-    path = resolve(ref, sha256)
-    state = read_state_dict(path)
-    own = net.state_dict()
+def strip_prefixes(state: dict[str, torch.Tensor], own: Iterable[str],
+                   finish: Callable[[dict], dict] = lambda state: state,
+                   prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> dict[str, torch.Tensor]:
+    """``finish(state)`` without wrapper prefixes that every key carries (``module.``, ``model.``,
+    stacked as in ``module.model.``), where that matches more of ``own`` after ``finish`` (the
+    model's remap hook and dropped keys); of equally good candidates the least stripped."""
+    own = set(own)
+    best, candidates = finish(state), [state]
+    while candidates:
+        current = candidates.pop(0)
+        for prefix in prefixes:
+            if current and all(k.startswith(prefix) for k in current):
+                stripped = {k[len(prefix):]: v for k, v in current.items()}
+                candidates.append(stripped)
+                finished = finish(stripped)
+                if len(own & set(finished)) > len(own & set(best)):
+                    best = finished
+    return best
+
+
+def drop_prefixed(state: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
+    """``state`` without the tensors under any of ``prefixes`` (declared auxiliary heads)."""
+    prefixes = tuple(prefixes)
+    return {k: v for k, v in state.items() if not (prefixes and k.startswith(prefixes))}
+
+
+def adapt_state(state: dict[str, torch.Tensor], own: Iterable[str], drop_keys: Iterable[str] = (),
+                remap_keys: Callable[[dict], dict] | None = None) -> dict[str, torch.Tensor]:
+    """The checkpoint adaptors of the module docstring, steps 2-4, for a model with keys ``own``."""
+
+    def finish(candidate: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mapped = candidate if remap_keys is None else remap_keys(dict(candidate))
+        if not isinstance(mapped, dict):
+            raise UserError(f"the model's remap_keys hook returned {type(mapped).__name__}, not a dict")
+        return drop_prefixed(mapped, drop_keys)
+
+    return strip_prefixes(state, own, finish)
+
+
+def _examples(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def mismatch_message(path: Path, net: nn.Module, state: dict[str, torch.Tensor],
+                     own: dict[str, torch.Tensor]) -> str | None:
+    """One line on how ``state`` does not fit ``own`` (``None`` when it fits)."""
     # checkpoints saved before PyTorch 0.4.1 carry no BatchNorm step counters: keep the model's
     missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
-        raise UserError(f"checkpoint {str(path)!r} does not fit model {type(net).__name__}: {'; '.join(parts)}")
+    if not (missing or unexpected or wrong):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+    keys = f"the file's keys: {_examples(list(state))}; the model's: {_examples(list(own))}"
+    return f"checkpoint {str(path)!r} does not fit model {type(net).__name__}: {'; '.join(parts)} ({keys})"
+
+
+def load_into(net: nn.Module, ref: str, sha256: str | None = None, *, drop_keys: Iterable[str] | None = None,
+              remap_keys: Callable[[dict], dict] | None = None) -> LoadedCheckpoint:
+    """Load ``ref`` into ``net`` strictly, after the checkpoint adaptors (module docstring); a
+    mismatch is a one-line :class:`UserError`. ``drop_keys`` / ``remap_keys`` default to what
+    ``net``'s registration declares (:func:`tta.models.registry.entry_of`)."""
+    from tta.models.registry import entry_of
+
+    entry = entry_of(net)
+    drop_keys = (entry.drop_keys if entry else ()) if drop_keys is None else tuple(drop_keys)
+    remap_keys = (entry.remap_keys if entry else None) if remap_keys is None else remap_keys
+    path = resolve(ref, sha256)
+    own = net.state_dict()
+    state = adapt_state(read_state_dict(path, strip_module=False), own, drop_keys, remap_keys)
+    message = mismatch_message(path, net, state, own)
+    if message:
+        raise UserError(message)
     net.load_state_dict({**own, **state}, strict=True)
     return LoadedCheckpoint(path, sha256_of(path))
 
@@ -139,6 +232,16 @@ def checkpoint_meta(path: str | Path) -> dict[str, str | int | float]:
     if not isinstance(meta, dict):
         return {}
     return {str(k): v for k, v in meta.items() if isinstance(v, (str, int, float))}
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file (timm's and Hugging Face's format; no code can run from it)."""
+    try:
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - a malformed file: one line
+        raise UserError(f"checkpoint {str(path)!r} is not a readable safetensors file ({load_failure(exc)})") from None
 
 
 def _read_head(path: Path) -> bytes:

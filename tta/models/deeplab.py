@@ -3,8 +3,11 @@
 * ``deeplabv3_resnet50`` / ``deeplabv3_resnet101``: torchvision's DeepLabV3 (Chen et al.,
   arXiv:1706.05587): dilated ResNet (output stride 8) + ASPP head (rates 12, 24, 36).
   Same module names as ``torchvision.models.segmentation.deeplabv3_resnet*`` without the
-  auxiliary head, so torchvision-layout checkpoints load strictly; ``forward`` returns the
-  logits tensor instead of torchvision's ``{"out": ...}`` dict.
+  auxiliary head, so torchvision-layout checkpoints load strictly; their ``aux_classifier.*``
+  tensors (a training-time head) are dropped on load (``drop_keys``). ``forward`` returns the
+  logits tensor instead of torchvision's ``{"out": ...}`` dict. An mmseg DeepLabV3
+  checkpoint (``state_dict`` + ``backbone.`` / ``decode_head.`` / ``auxiliary_head.``) is
+  recognised and refused in one line: see :func:`refuse_mmseg_layout`.
 * ``deeplabv3plus_resnet50`` / ``deeplabv3plus_resnet101``: DeepLabV3+ (Chen et al., ECCV
   2018): a timm ResNet at output stride 16, ASPP (1x1, 3x3 at rates 6/12/18, image
   pooling; 256 channels) and a decoder that fuses the ASPP output, upsampled x4, with the
@@ -24,7 +27,36 @@ from torchvision.models import resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
+from tta.errors import UserError
 from tta.models.registry import register_model
+
+#: torchvision's training-time auxiliary FCN head on layer3, absent here
+TORCHVISION_AUX = ("aux_classifier.",)
+MMSEG_HEADS = ("decode_head.", "auxiliary_head.")
+
+
+def refuse_mmseg_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Key hook of the torchvision-layout DeepLabV3: a state dict in mmseg's layout is refused
+    with the reason, any other passes unchanged.
+
+    Checked against mmsegmentation's source (``mmseg/models/decode_heads/aspp_head.py``,
+    ``mmseg/models/backbones/resnet.py``): mmseg's ``ResNet`` (V1b) backbone has torchvision's
+    key names (``conv1``, ``bn1``, ``layerN.M.convK`` / ``bnK`` / ``downsample.0|1``), but the
+    ``ResNetV1c`` its DeepLabV3 configs use has a 3-conv stem (``stem.0`` ... ``stem.7``) where
+    torchvision has a 7x7 ``conv1``, and its ``ASPPHead`` (``image_pool``, ``aspp_modules``
+    with dilations 1/12/24/36, a 3x3 ``bottleneck`` over the concatenation, ``conv_seg``; 512
+    channels) is a different network from torchvision's ``DeepLabHead`` (ASPP with a 1x1
+    ``project``, then a 3x3 conv and a 1x1 classifier; 256 channels). Renaming keys cannot
+    make such a checkpoint compute what it computed in mmseg, so it is not attempted.
+    """
+    if not any(k.startswith(MMSEG_HEADS) for k in state):
+        return state
+    stem = (" and its ResNetV1c stem (backbone.stem.*) has no counterpart in torchvision's conv1"
+            if any(k.startswith("backbone.stem.") for k in state) else "")
+    raise UserError("the checkpoint is in mmseg's layout (backbone. / decode_head.): mmseg's DeepLabV3 ASPPHead "
+                    "(image_pool, aspp_modules, a 3x3 bottleneck, conv_seg) is a different network from "
+                    f"torchvision's DeepLabHead used here{stem}; no key mapping makes it fit, so it is not loaded "
+                    "(wrap mmseg's own model as a plugin, see methods/README.md)")
 
 
 class DeepLabV3Logits(DeepLabV3):
@@ -47,13 +79,13 @@ def _deeplabv3(resnet, num_classes: int) -> DeepLabV3Logits:
     return DeepLabV3Logits(IntermediateLayerGetter(backbone, {"layer4": "out"}), DeepLabHead(2048, num_classes))
 
 
-@register_model("deeplabv3_resnet50")
+@register_model("deeplabv3_resnet50", drop_keys=TORCHVISION_AUX, remap_keys=refuse_mmseg_layout)
 def deeplabv3_resnet50(num_classes: int = 19) -> DeepLabV3Logits:
     """DeepLabV3, ResNet-50 (torchvision layout, output stride 8); give --checkpoint."""
     return _deeplabv3(resnet50, num_classes)
 
 
-@register_model("deeplabv3_resnet101")
+@register_model("deeplabv3_resnet101", drop_keys=TORCHVISION_AUX, remap_keys=refuse_mmseg_layout)
 def deeplabv3_resnet101(num_classes: int = 19) -> DeepLabV3Logits:
     """DeepLabV3, ResNet-101 (torchvision layout, output stride 8); give --checkpoint."""
     return _deeplabv3(resnet101, num_classes)
