@@ -163,7 +163,7 @@ def test_acdc_reads_label_train_ids_alone(tmp_path):
     reader = ACDC(input_size=(3, 5))
     reader.check([Domain("fog")], tmp_path)
     assert _first_label_by_image(reader, tmp_path, "fog") == {4 * s + f: 2 * s + f for s in range(2) for f in range(2)}
-    assert reader.row_extra("fog") == {"input_size": "3x5", "label_format": "labelTrainIds"}
+    assert reader.row_extra("fog") == {"input_size": "3x5", "split": "val", "label_format": "labelTrainIds"}
     assert all(p.name.endswith("_gt_labelTrainIds.png") for p in reader.data_files([Domain("fog")], tmp_path)
                if "/gt/" in p.as_posix())
 

@@ -125,7 +125,7 @@ def test_input_size_from_a_spec_file_and_bad_sizes(cityscapes_root, tmp_path, ti
     spec.write_text(spec.read_text().replace('"24x40"', '"24"'))
     with pytest.raises(UserError, match="input_size '24' is not HxW"):
         find_spec(str(spec))
-    with pytest.raises(UserError, match="cifar10c.*fixed image size"):
+    with pytest.raises(UserError, match="cifar10c.*takes no input_size"):
         Protocol.create(find_spec("cifar10c"), tmp_path, (24, 40))
 
 
@@ -140,6 +140,8 @@ def test_cli_input_size(cityscapes_root, tmp_path, tiny_models, capsys):
     import json
 
     assert json.loads(out.read_text())[0]["extra"]["input_size"] == "24x40"
+    assert main([*base, "--input-size", "24x40", "--sliding-window", "16,8", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["extra"]["sliding_window"] == "16x16,8x8"
     assert main([*base, "--input-size", "24by40"]) == 2
     assert "error: --input-size '24by40' is not HxW" in capsys.readouterr().err
     assert main([*base, "--split", "testing"]) == 2
@@ -248,3 +250,52 @@ def test_acdc_split_reads_its_own_reference_folder(tmp_path, tiny_models):
     (row,) = _run(root, "eighth", _checkpoint(tmp_path, "eighth"), (16, 24), protocol="acdc", domains=["snow"],
                   split="train").execute()
     assert row["n"] == 4 and row["extra"]["split"] == "train" and row["extra"]["label_format"] == "labelIds"
+
+
+class PointwiseNet(nn.Module):
+    """1x1 convolutions only: every pixel's logits depend on that pixel alone, so any tiling of the image
+    into windows must give the whole-image logits exactly."""
+
+    def __init__(self, num_classes: int = 19) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU())
+        self.decoder = nn.Conv2d(8, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def test_sliding_window_covers_every_pixel_and_averages_overlaps(monkeypatch):
+    from tta.models.seg_inference import parse_window
+
+    monkeypatch.setitem(MODELS._items, "pointwise", ModelEntry(PointwiseNet, IDENTITY_MEAN, (0.5, 0.5, 0.5), "", 8))
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 54, 40)
+    model = create_model("pointwise", 19, "segmentation")
+    whole = model(x)
+    calls = []
+    model.net.register_forward_hook(lambda module, inputs, output: calls.append(tuple(inputs[0].shape[-2:])))
+    window = parse_window("24x16,16x12")
+    assert window == ((24, 16), (16, 12))
+    torch.testing.assert_close(model.slide(*window)(x), whole)  # overlaps averaged: the same logits
+    # mmseg's grid: rows 0, 16, 30 (last flush with 54), columns 0, 12, 24; each window padded 24x16 -> 24x16
+    assert len(calls) == 9 and set(calls) == {(24, 16)}
+    # a window that does not divide the stride's multiple is padded, and the 1/8 net's logits are upsampled
+    monkeypatch.setitem(MODELS._items, "eighth", ModelEntry(EighthNet, IDENTITY_MEAN, (0.25, 0.25, 0.25), "", 8))
+    eighth = create_model("eighth", 19, "segmentation").slide((20, 20), (10, 10))
+    assert eighth(x).shape == (2, 19, 54, 40) and torch.isfinite(eighth(x)).all()
+    with pytest.raises(UserError, match="stride 30x30 exceeds the crop 20x20"):
+        create_model("eighth", 19, "segmentation").slide((20, 20), (30, 30))
+    with pytest.raises(UserError, match="is not crop,stride"):
+        parse_window("512")
+
+
+def test_sliding_window_through_the_runner(cityscapes_root, tmp_path, tiny_models):
+    checkpoint = _checkpoint(tmp_path, "eighth")
+    whole = _run(cityscapes_root, "eighth", checkpoint, (24, 40))
+    slid = _run(cityscapes_root, "eighth", checkpoint, (24, 40), sliding_window=((16, 16), (8, 12)))
+    assert whole.run_key != slid.run_key
+    (row,) = slid.execute()
+    assert row["extra"]["sliding_window"] == "16x16,8x12" and "sliding_window" not in whole.execute()[0]["extra"]
+    with pytest.raises(UserError, match="--sliding-window applies to segmentation"):
+        Run(RunConfig("smoke", "source", n_examples=4, sliding_window=((16, 16), (8, 8))))

@@ -35,6 +35,8 @@ def build_parser() -> Parser:
     p.add_argument("--input-size", metavar="HxW", help="segmentation: resize images to HxW, e.g. 540x960 "
                                                         "(default: the protocol's per-domain size)")
     p.add_argument("--split", help="segmentation: dataset split to read, train, val or test (default val)")
+    p.add_argument("--sliding-window", metavar="CROP,STRIDE", help="segmentation: sliding-window inference, "
+                                                                 "e.g. 512,341 or 512x1024,341x683 (default: whole image)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stream order and the method (default 0)")
     p.add_argument("--scenario", help="scenario NAME or NAME:key=value,... e.g. dirichlet:delta=0.01 "
                                       "(default: the protocol's; see --list)")
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.method or not args.protocol:
         raise UserError("--method and --protocol are required (see --list)")
+    from tta.models.seg_inference import parse_window
     from tta.protocols.spec import parse_size
     from tta.runner import Run, RunConfig
     from tta.store import ResultStore
@@ -114,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         severity=args.severity, batch_size=args.batch_size, n_examples=args.n_examples,
         scenario=args.scenario, data_root=args.data_root, device=args.device, compile=args.compile,
         input_size=parse_size(args.input_size, "--input-size") if args.input_size else None, split=args.split,
+        sliding_window=parse_window(args.sliding_window) if args.sliding_window else None,
     )
     run = Run(config)  # every input validated before the store is touched: a failed start creates nothing
     store = None if args.no_store else ResultStore(args.store)

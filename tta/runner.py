@@ -9,7 +9,7 @@
 Everything that decides a result (protocol, method, resolved hyperparameters, seed,
 model, checkpoint hash and, for a DG checkpoint, its training method and pretrained
 weights, the data actually read (root and fingerprint, :mod:`tta.fingerprint`), severity,
-batch size, example cap, the reader's resolved input size and split (segmentation), and for
+batch size, example cap, the reader's resolved input size and split and any sliding window (segmentation), and for
 non-episodic scenarios the domain sequence) is hashed
 into ``run_key``; finished cells are skipped. Each cell is claimed in the store before it
 is computed (:meth:`tta.store.ResultStore.claim`), so two processes never compute the
@@ -43,6 +43,7 @@ from tta import segmentation_metrics as _segmentation_metrics  # noqa: F401 - re
 from tta.methods.base import Method
 from tta.models import create_model, load_into
 from tta.models.checkpoint import checkpoint_meta, resolve as resolve_checkpoint
+from tta.models.seg_inference import sliding_window, window_text
 from tta.paths import data_root
 from tta.protocols import Protocol, find_spec
 from tta.registry import METHODS, MODELS, TASKS
@@ -78,6 +79,8 @@ class RunConfig:
     input_size: tuple[int, int] | None = None
     #: dataset split (``train`` / ``val`` / ``test``, segmentation readers); ``None``: the spec's, else ``val``
     split: str | None = None
+    #: ``((crop_h, crop_w), (stride_h, stride_w))``: sliding-window segmentation inference; ``None``: whole image
+    sliding_window: tuple[tuple[int, int], tuple[int, int]] | None = None
 
 
 class Run:
@@ -112,6 +115,11 @@ class Run:
                    else f"model {self.model_name!r} is not the protocol's model ({spec.model})")
             raise UserError(f"{why}; give --checkpoint PATH or URL")
         self.model = create_model(self.model_name, spec.num_classes, spec.task)
+        #: identity and row ``extra`` of sliding-window inference (absent for whole-image inference)
+        self.window_extra = {}
+        if config.sliding_window:
+            self.model = sliding_window(self.model, *config.sliding_window)
+            self.window_extra = {"sliding_window": window_text(config.sliding_window)}
         try:
             loaded = load_into(self.model.net, self.checkpoint,
                                spec.checkpoint_sha256 if not config.checkpoint else None)
@@ -145,7 +153,7 @@ class Run:
             "batch_size": self.batch_size, "n_examples": self.n_examples,
             "severity": sorted({d.severity for d in self.domains}, key=str),
             "data_fingerprint": self.data_fingerprint, "data_root": self.data_root, **self._provenance(),
-            **self.protocol.reader.identity(),
+            **self.protocol.reader.identity(), **self.window_extra,
         }
         if not self.scenario.independent:
             identity["sequence"] = [d.key for d in self.domains]
@@ -261,7 +269,7 @@ class Run:
             "method_s": method_s, "wall_s": wall_s, "peak_mem_mb": _peak_memory_mb(self.device),
             "extra": {**result.get("extra", {}), **self.method.row_extra(), **segment.extra(),
                       **self._engine_extra(), **self._provenance(), **self.protocol.reader.row_extra(segment.key),
-                      "nonfinite_resets": nonfinite_resets},
+                      **self.window_extra, "nonfinite_resets": nonfinite_resets},
         }
 
     def _engine_extra(self) -> dict[str, int]:
