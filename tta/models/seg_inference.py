@@ -87,7 +87,7 @@ class PaddedSegmenter(Normalized):
         """Whole-image inference: pad to ``input_multiple``, forward, crop the logits back."""
         height, width = x.shape[-2:]
         target = padded_size(height, width, self.input_multiple)
-        normalized = (x - self.mean) / self.std
+        normalized = self.normalize(x)  # the channel order and normalization of Normalized
         if target == (height, width):
             return self.net(normalized)
         logits = self.net(F.pad(normalized, (0, target[1] - width, 0, target[0] - height)))
