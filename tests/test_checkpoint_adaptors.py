@@ -323,3 +323,21 @@ def test_timm_weights_at_the_hub_cache_path_are_used(tmp_path, monkeypatch):
     model = create_model("adaptor_tiny", 3)
     load_into(model.net, "timm:resnet18.a1_in1k")
     _assert_same(model.net.state_dict(), source)
+
+
+def test_torchvision_resnet_weights_fit_the_timm_model_of_the_same_name(tmp_path, monkeypatch):
+    """``--model resnet18 --checkpoint torchvision:ResNet18_Weights.IMAGENET1K_V1``: torchvision's key
+    layout (here a random torchvision resnet18 saved at the cache path) loads strictly into timm's resnet18."""
+    from torchvision.models import resnet18
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    _offline_torch_hub(monkeypatch)
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(2)
+    theirs = resnet18(weights=None).state_dict()
+    torch.save(theirs, cached)
+    model = create_model("resnet18", num_classes=1000)
+    load_into(model.net, "torchvision:ResNet18_Weights.IMAGENET1K_V1")
+    got = model.net.state_dict()
+    assert set(got) == set(theirs) and all(torch.equal(got[k], theirs[k]) for k in got)
