@@ -146,6 +146,9 @@ def test_plugin_model_registration_declares_its_adaptors(their_checkpoint):
     assert entry_of(model.net) is entry and model.channel_order == "bgr"
     x = torch.rand(2, 3, 8, 8)
     torch.testing.assert_close(model.normalize(x), (x.flip(1) - MEAN_BGR) / STD_BGR)
+    segmenter = create_model("mynet_plugin_test", num_classes=10, task="segmentation")  # padded path: same order
+    assert segmenter.channel_order == "bgr" and entry_of(segmenter.net) is entry
+    torch.testing.assert_close(segmenter.normalize(x), (x.flip(1) - MEAN_BGR) / STD_BGR)
 
 
 def test_model_entry_point_group_registers_a_plain_factory(tmp_path, monkeypatch):
