@@ -286,7 +286,7 @@ def test_torchvision_weights_in_the_cache_are_used(tmp_path, monkeypatch):
     _assert_same(model.net.state_dict(), source)
 
 
-def test_unknown_weight_names_are_one_line(monkeypatch):
+def test_unknown_weight_names_are_one_line():
     with pytest.raises(UserError, match=r"unknown torchvision weights 'IMAGENET1K_V1'; name the enum in full"):
         resolve("torchvision:IMAGENET1K_V1")
     with pytest.raises(UserError, match=r"unknown timm pretrained weights 'resnet50\.nope'"):
