@@ -26,7 +26,8 @@ def build_parser() -> Parser:
     p.add_argument("--protocol", help="protocol name or path to a spec .toml")
     p.add_argument("--data-root", help="data root (default: $TTA_DATA, else the checkout's datasets/)")
     p.add_argument("--model", help="model name: registered, or any timm model (needs --checkpoint)")
-    p.add_argument("--checkpoint", help="checkpoint path or URL (weights-only loading)")
+    p.add_argument("--checkpoint", help="checkpoint path, URL, builtin:NAME, torchvision:<WEIGHTS_ENUM> or "
+                                        "timm:<model>.<tag> (weights-only loading)")
     p.add_argument("--domains", help="comma-separated domains (default: all, canonical order)")
     p.add_argument("--target", dest="domains", help="alias of --domains (DG protocols: the held-out domain)")
     p.add_argument("--severity", type=int, help="corruption severity 1..5")
@@ -41,7 +42,8 @@ def build_parser() -> Parser:
     p.add_argument("--scenario", help="scenario NAME or NAME:key=value,... e.g. dirichlet:delta=0.01 "
                                       "(default: the protocol's; see --list)")
     p.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="method hyperparameters")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a method plugin file")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="load a plugin file (methods, models, dataset readers)")
     p.add_argument("--store", default=str(DEFAULT_STORE),
                    help=f"SQLite result store (default {DEFAULT_STORE}; $TTA_HOME moves it)")
     p.add_argument("--no-store", action="store_true", help="do not read or write the store")
