@@ -241,3 +241,14 @@ def test_eta_beats_source_on_real_gaussian_noise(cifar_test, resnet20_checkpoint
 #: measured on these 1,000 images (torch 2.14, CPU): source 82.7 %, ETA 49.8 % (32.9 points;
 #: 2,000 images: 81.65 against 46.85); the bound leaves ~8 points for machine and library differences
 MARGIN_OVER_SOURCE = 25.0
+
+
+def test_batch_of_one_image_adapts_on_spatial_statistics():
+    """Batch size 1: conv layers normalize with the image's spatial statistics; the filters see one
+    sample (ETA steps only if it is reliable and non-redundant); bn_ema updates from that image."""
+    x = _batches(1, size=1)[0]
+    for method in (ETA(e0_factor=10.0), BNEma()):  # E0 = 10 ln K: the one sample is reliable
+        method.setup(_random_resnet())
+        before = [t.clone() for t in method._touched]
+        assert method.forward(x).shape == (1, 10)
+        assert any(not torch.equal(a, b) for a, b in zip(before, method._touched))
