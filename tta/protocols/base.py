@@ -209,11 +209,11 @@ class Protocol:
         options = {k: v for k, v in (("input_size", input_size or spec.input_size), ("split", split or spec.split))
                    if v is not None}
         accepted = inspect.signature(reader_cls).parameters
+        why = {"input_size": "its images come at a fixed size", "split": "it has no splits"}
         for option in options:
             if option not in accepted:
-                flag = option.replace("_", "-")
                 raise UserError(f"dataset {spec.dataset!r} of protocol {spec.name!r} takes no {option} "
-                                f"(--{flag}); it applies to readers that have one (segmentation)")
+                                f"(--{option.replace('_', '-')}): {why.get(option, 'its reader has no such option')}")
         return cls(replace(spec, **options), reader_cls(**options), existing_root(root))
 
     @property
