@@ -188,7 +188,8 @@ def test_store_whose_parent_is_a_file(tmp_path, small_root, checkpoint):
 def test_corrupt_store_file(tmp_path, small_root, checkpoint):
     store = tmp_path / "s.sqlite"
     store.write_bytes(b"this is not sqlite" * 100)
-    result = run_cli("tta.run", *base(small_root, checkpoint, store), "--method", "source")
+    result = run_cli("tta.run", *base(small_root, checkpoint, store), "--method", "source",
+                     "--domains", "gaussian_noise")
     assert_one_line_error(result, "not a usable SQLite file")
 
 

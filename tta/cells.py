@@ -31,12 +31,12 @@ MISSING = "-"
 COLUMN_FIELDS = ["protocol", "dataset", "data_source", "data_fingerprint", "scenario", "model",
                  "checkpoint_sha256", "batch_size", "severity"]
 #: ``extra`` keys that are part of the table key (absent on rows that do not need them)
-EXTRA_FIELDS = ["corruption_engine", "training_method", "pretrained", "input_size"]
+EXTRA_FIELDS = ["corruption_engine", "training_method", "pretrained", "input_size", "sliding_window"]
 #: derived per run: the domain order of a non-independent scenario, examples per domain
 RUN_FIELDS = ["sequence", "examples"]
 #: one table per distinct value of these, in this order (also the tables' sort order)
 TABLE_FIELDS = ["protocol", "dataset", "data_source", "data_fingerprint", "corruption_engine", "scenario",
-                "sequence", "model", "checkpoint_sha256", "training_method", "pretrained", "input_size",
+                "sequence", "model", "checkpoint_sha256", "training_method", "pretrained", "input_size", "sliding_window",
                 "batch_size", "examples", "severity"]
 assert sorted(TABLE_FIELDS) == sorted(COLUMN_FIELDS + EXTRA_FIELDS + RUN_FIELDS)
 
@@ -136,6 +136,7 @@ FIELD_TEXT = {
     "scenario": "scenario `{}`", "sequence": "domain order {}", "model": "model `{}`",
     "checkpoint_sha256": "checkpoint sha256 {:.12}", "training_method": "trained with `{}`",
     "pretrained": "pretrained weights `{}`", "input_size": "input size {}", "batch_size": "batch {}",
+    "sliding_window": "sliding window {}",
     "examples": "{} examples per domain", "severity": "severity {}",
 }
 #: named in every caption even when missing ("not recorded"); the other missing fields are left out
