@@ -193,7 +193,8 @@ class CMA(Method):
         anchor = self.head(features)
         with torch.no_grad():
             self._update_ema()
-            both = (torch.cat([x, reference]) - getattr(self.model, "mean", 0.0)) / getattr(self.model, "std", 1.0)
+            # the EMA encoder sees what the model's network sees (channel order, normalization, stride padding)
+            both = getattr(self.model, "network_input", lambda t: t)(torch.cat([x, reference]))
             negative, positive = self.ema_head(deepest(self.ema_encoder(both))).chunk(2)
             confidence = torch.ones_like(positive[:, :1])  # identity alignment (no warping network)
         loss = self.hp["contrastive_weight"] * contrastive_loss(

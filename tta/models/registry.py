@@ -109,6 +109,10 @@ class Normalized(nn.Module):
             x = x.flip(1)
         return (x - self.mean) / self.std
 
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Exactly what ``forward`` feeds ``self.net`` (for methods that run a copy of the network)."""
+        return self.normalize(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
 

@@ -83,14 +83,22 @@ class PaddedSegmenter(Normalized):
                 count[..., top:top + crop_h, left:left + crop_w] += 1
         return total / count
 
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized (channel order, mean, std) and zero-padded to ``input_multiple`` at the bottom and right."""
+        height, width = x.shape[-2:]
+        target = padded_size(height, width, self.input_multiple)
+        normalized = self.normalize(x)
+        if target == (height, width):
+            return normalized
+        return F.pad(normalized, (0, target[1] - width, 0, target[0] - height))
+
     def whole(self, x: torch.Tensor) -> torch.Tensor:
         """Whole-image inference: pad to ``input_multiple``, forward, crop the logits back."""
         height, width = x.shape[-2:]
         target = padded_size(height, width, self.input_multiple)
-        normalized = self.normalize(x)  # the channel order and normalization of Normalized
         if target == (height, width):
-            return self.net(normalized)
-        logits = self.net(F.pad(normalized, (0, target[1] - width, 0, target[0] - height)))
+            return self.net(self.normalize(x))
+        logits = self.net(self.network_input(x))
         if tuple(logits.shape[-2:]) != target:
             logits = F.interpolate(logits, size=target, mode="bilinear", align_corners=False)
         return logits[..., :height, :width]
