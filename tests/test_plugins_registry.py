@@ -78,3 +78,38 @@ def test_list_shows_methods_protocols_models_scenarios():
 def test_plugin_classes_never_leak_between_registries():
     assert all(isinstance(cls, type) for _, cls in METHODS.items())
     assert "torch" in sys.modules and torch.__version__
+
+
+def test_dataset_reader_entry_point_is_registered_validated_and_runs(tmp_path, monkeypatch):
+    """A ``tta.datasets`` entry point naming a reader class: registered under its name, and its
+    data passes the same validation as the built-in readers' (a wrong image size is refused)."""
+    package = tmp_path / "tta_reader_plugin_test"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import numpy as np\n"
+        "from tta.protocols.base import DatasetReader, DomainData\n"
+        "class Tiny(DatasetReader):\n"
+        "    domains = ('clean',)\n"
+        "    has_severity = False\n"
+        "    image_size = (32, 32)\n"
+        "    def data_files(self, domains, root):\n"
+        "        return []\n"
+        "    def load(self, domain, root):\n"
+        "        rng = np.random.default_rng(0)\n"
+        "        size = int(__import__('os').environ.get('TINY_SIZE', '32'))\n"
+        "        return DomainData(rng.integers(0, 256, (40, size, size, 3), dtype=np.uint8),\n"
+        "                          np.arange(40) % 10, 'procedural')\n")
+    dist = tmp_path / "tta_reader_plugin_test-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tta-reader-plugin-test\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text("[tta.datasets]\ntiny_reader_test = tta_reader_plugin_test:Tiny\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "tiny_reader_test" in plugins.load_dataset_entry_points()
+    spec = tmp_path / "tiny.toml"
+    spec.write_text('description = "tiny"\ndataset = "tiny_reader_test"\nnum_classes = 10\nmodel = "smoke_cnn"\n'
+                    'checkpoint = "builtin:smoke_cnn"\nbatch_size = 20\n')
+    (row,) = Run(RunConfig(protocol=str(spec), method="source")).execute()
+    assert row["n"] == 40 and 0 <= row["error"] <= 100
+    monkeypatch.setenv("TINY_SIZE", "16")
+    with pytest.raises(UserError, match="16 x 16 x 3"):
+        Run(RunConfig(protocol=str(spec), method="source")).execute()

@@ -92,3 +92,26 @@ def test_default_store_is_the_users_and_bad_paths_are_one_line(tmp_path, monkeyp
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and ("is a file" in err[0] or "is a folder" in err[0])
     assert not (tmp_path / "home").exists()
+
+
+PLUGIN_READER = """
+from tta.protocols.base import DatasetReader
+from tta.registry import DATASETS
+
+@DATASETS.register("plugin_streets_test")
+class PluginStreets(DatasetReader):
+    \"\"\"A plugin reader that names its 7 classes.\"\"\"
+    has_severity = False
+    classes = ("asphalt", "pavement", "house", "tree", "heaven", "pedestrian", "automobile")
+"""
+
+
+def test_a_plugin_readers_class_names_head_the_per_class_table(tmp_path):
+    plugin = tmp_path / "reader_plugin.py"
+    plugin.write_text(PLUGIN_READER)
+    store = ResultStore(tmp_path / "r.sqlite")
+    store.extend({**row, "dataset": "plugin_streets_test"} for row in ROWS)
+    out = tmp_path / "seg.md"
+    assert main(["--store", str(store.path), "--out", str(out), "--plugin", str(plugin)]) == 0
+    text = out.read_text()
+    assert "| asphalt " in text and "| automobile " in text and "| road " not in text

@@ -333,10 +333,15 @@ def main(argv: list[str] | None = None) -> int:
                                    "$TTA_HOME moves it)")
     p.add_argument("--out", help=f"output folder (default {user_leaderboard_dir()})")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="load a plugin file first (methods, dataset readers), so their rows render with their names")
     p.add_argument("--regenerate", metavar="COMMAND", help="the command that regenerates the store, for README.md")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="print B - A; each a store file or a git revision (prefix) of rows in --store")
     args = p.parse_args(argv)
+    from tta import plugins
+
+    plugins.load_all(args.plugin)
     store = Path(args.store).expanduser() if args.store else user_store()
     if args.compare:
         print(compare(load_side(args.compare[0], store), load_side(args.compare[1], store)))

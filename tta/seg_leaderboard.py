@@ -24,7 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", help=f"SQLite result store (default {user_store()}, the user store)")
     p.add_argument("--protocol", nargs="*", default=[], help="only these protocols")
     p.add_argument("--out", help="write the markdown here instead of printing it")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="load a plugin file first (its dataset readers name their classes, its methods their defaults)")
     args = p.parse_args(argv)
+    from tta import plugins
+
+    plugins.load_all(args.plugin)
     store = existing_file(args.store or user_store(), "result store",
                           "run `python -m tta.run ... --store FILE` first, or give --store FILE")
     out = output_file(args.out, "--out") if args.out else None
