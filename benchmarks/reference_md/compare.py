@@ -189,7 +189,7 @@ def main(argv=None) -> None:
                             logits = call(x)
                     seconds[side] += time.perf_counter() - start
                     wrong[side] += int((logits.argmax(1) != batch.y).sum())
-                    outputs.append(logits.float())
+                    outputs.append(logits.detach().float())
                 gap = max(gap, float((outputs[0] - outputs[1]).abs().max()))
             n = len(order)
             rows.append((corruption, 100 * wrong[0] / n, 100 * wrong[1] / n, n / seconds[0], n / seconds[1], gap))
