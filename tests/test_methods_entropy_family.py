@@ -6,11 +6,11 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from helpers import random_resnet20
 from tta.errors import UserError
 from tta.methods.affine_adapt import OPTIMIZERS, GradTestBatchNorm
 from tta.methods.bn_ema import BNEma
@@ -18,20 +18,11 @@ from tta.methods.eata import EATA
 from tta.methods.eta import ETA
 from tta.methods.sample_selection import RedundancyFilter, entropy_margin, reweight, select
 from tta.methods.tent import softmax_entropy
-from tta.models import create_model
 from tta.runner import Run, RunConfig
 
 
 def _random_resnet(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = create_model("resnet20", 10)
-    for m in model.modules():  # non-trivial source statistics and affine parameters
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.1, 0.1)
-    return model.eval()
+    return random_resnet20(seed).eval()
 
 
 def _batches(n: int = 3, size: int = 8, seed: int = 1) -> list[torch.Tensor]:

@@ -18,7 +18,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import run_cli
+from helpers import run_cli, fake_distribution
 
 from tta import plugins
 from tta.models import create_model
@@ -162,11 +162,7 @@ def test_model_entry_point_group_registers_a_plain_factory(tmp_path, monkeypatch
             """A linear model on 4x4 images."""
             return nn.Sequential(nn.Flatten(), nn.Linear(48, num_classes))
     '''))
-    dist = tmp_path / "their_models-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: their-models\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[tta.models]\nep_tiny_model_test = their_models_pkg:tiny\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_distribution(tmp_path, monkeypatch, "their-models", "tta.models", "ep_tiny_model_test = their_models_pkg:tiny")
     assert "ep_tiny_model_test" in plugins.load_model_entry_points()
     model = create_model("ep_tiny_model_test", num_classes=7)
     assert model(torch.rand(2, 3, 4, 4)).shape == (2, 7)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import run_cli, fake_distribution
 
 from tta import plugins
 from tta.errors import UserError
@@ -25,12 +25,8 @@ def test_unknown_names_suggest_the_closest():
 
 def test_entry_point_plugin_is_found_and_runs(tmp_path, monkeypatch):
     """A distribution on sys.path that declares a ``tta.methods`` entry point (the example plugin)."""
-    dist = tmp_path / "tta_example_plugin-0.1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tta-example-plugin\nVersion: 0.1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[tta.methods]\nema_bn = tta_example_plugin.ema_bn:EMABatchNormMethod\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_distribution(tmp_path, monkeypatch, "tta-example-plugin", "tta.methods",
+                      "ema_bn = tta_example_plugin.ema_bn:EMABatchNormMethod")
     monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
     assert "ema_bn" in plugins.load_entry_points()
     rows = {}
@@ -99,11 +95,8 @@ def test_dataset_reader_entry_point_is_registered_validated_and_runs(tmp_path, m
         "        size = int(__import__('os').environ.get('TINY_SIZE', '32'))\n"
         "        return DomainData(rng.integers(0, 256, (40, size, size, 3), dtype=np.uint8),\n"
         "                          np.arange(40) % 10, 'procedural')\n")
-    dist = tmp_path / "tta_reader_plugin_test-0.1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tta-reader-plugin-test\nVersion: 0.1.0\n")
-    (dist / "entry_points.txt").write_text("[tta.datasets]\ntiny_reader_test = tta_reader_plugin_test:Tiny\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_distribution(tmp_path, monkeypatch, "tta-reader-plugin-test", "tta.datasets",
+                      "tiny_reader_test = tta_reader_plugin_test:Tiny")
     assert "tiny_reader_test" in plugins.load_dataset_entry_points()
     spec = tmp_path / "tiny.toml"
     spec.write_text('description = "tiny"\ndataset = "tiny_reader_test"\nnum_classes = 10\nmodel = "smoke_cnn"\n'

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import random_resnet20
 from tta.errors import UserError
 from tta.methods.affine_adapt import OPTIMIZERS
 from tta.methods.core import Core, class_confusion_loss
 from tta.methods.tent import Tent, softmax_entropy
-from tta.models import create_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CIFAR_NPZ = SHARED / "cifar10_test_jpeg.npz"
@@ -24,15 +24,7 @@ REAL_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "contrast")  # noise, blur
 
 
 def _random_resnet(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = create_model("resnet20", 10)
-    for m in model.modules():  # non-trivial source statistics and affine parameters
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.1, 0.1)
-    return model
+    return random_resnet20(seed)
 
 
 def _batches(n: int = 3, size: int = 8, seed: int = 1) -> list[torch.Tensor]:

@@ -124,7 +124,7 @@ class Run:
             loaded = load_into(self.model.net, self.checkpoint,
                                spec.checkpoint_sha256 if not config.checkpoint else None)
         except UserError as exc:
-            hint = "" if config.model else f"; if it holds another architecture, name it with --model"
+            hint = "" if config.model else "; if it holds another architecture, name it with --model"
             raise UserError(f"{exc}{hint}") from None
         self.checkpoint_sha256 = loaded.sha256
         self.protocol.reader.check(self.domains, self.protocol.root)
