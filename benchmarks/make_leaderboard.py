@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-COMMITTED = REPO / "leaderboard"  # the committed leaderboard and its own store (= tta.paths.COMMITTED_LEADERBOARD)
+COMMITTED = REPO / "leaderboard"  # the committed leaderboard and its own store: no library code writes here
 SHARED = REPO.parent / "shared" / "data"
 IMAGES = SHARED / "cifar10_test_jpeg.npz"
 CHECKPOINT = SHARED / "cifar10_resnet20_akamaster.th"

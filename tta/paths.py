@@ -56,6 +56,3 @@ def user_leaderboard_dir() -> Path:
     """The default output folder of ``tta.leaderboard``."""
     return user_home() / "leaderboard"
 
-
-#: the committed leaderboard's own store and folder (written only by benchmarks/make_leaderboard.py)
-COMMITTED_LEADERBOARD = CHECKOUT_ROOT / "leaderboard"
