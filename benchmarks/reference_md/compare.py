@@ -66,6 +66,11 @@ PAIRINGS = {
     "bn_ema": Pairing("methods.norm", "BNEMA", "norm_ema.yaml"),
     "eta": Pairing("methods.eata", "EATA", "eta.yaml"),
     "eata": Pairing("methods.eata", "EATA", "eata.yaml"),
+    "rdumb": Pairing("methods.eata", "EATA", "rdumb.yaml"),
+    "sar": Pairing("methods.sar", "SAR", "sar.yaml"),
+    "deyo": Pairing("methods.deyo", "DeYO", "deyo.yaml"),
+    "rpl": Pairing("methods.rpl", "RPL", "rpl.yaml"),
+    "tent": Pairing("methods.tent", "Tent", "tent.yaml"),
 }
 
 MD_PATHS = ("classification/methods", "classification/utils", "classification/conf.py", "classification/cfgs/cifar10_c")
