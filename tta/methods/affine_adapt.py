@@ -1,4 +1,4 @@
-"""Shared base of the methods that train BatchNorm affine parameters online (``tent``, ``core``).
+"""Shared base of the methods that train normalization affine parameters online (``tent``, ``eta``, ``core``...).
 
 Per test batch ``x`` and for ``steps`` steps (default 1, as Tent):
 
@@ -9,6 +9,15 @@ Per test batch ``x`` and for ``steps`` steps (default 1, as Tent):
 and the logits of the last forward are returned: the prediction is made *before* the
 last update, exactly as Tent's reference ``forward_and_adapt`` (DequanWang/tent), which
 returns the outputs of the forward pass it back-propagates.
+
+Which layers: every BatchNorm layer is swapped for ``make_layer(bn)`` (test-batch statistics
+for the entropy family), and the affine ``gamma, beta`` of every GroupNorm and LayerNorm layer
+(subclasses included, e.g. timm's ``LayerNorm2d``) train too, unchanged otherwise: the
+normalization-agnostic recipe of MD's ``Tent.configure_model`` / ``collect_params``
+(mariodoebler/test-time-adaptation 8b2ed63, ``classification/methods/tent.py``), which is
+how Tent, EATA, SAR and DeYO adapt ResNet-GN and ViT models. ``adapts(name, layer)`` lets a
+method leave named layers out (SAR's exclusions). A method that only makes sense with
+BatchNorm statistics (``core``'s alpha-BN) sets ``requires_batchnorm`` and refuses other models.
 
 Reset is exact: the affine parameters are declared in ``touched_tensors`` (the base class
 snapshots and restores them) and the optimizer is rebuilt, which is its state at setup
@@ -27,6 +36,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from tta.errors import UserError
 from tta.hparams import HParam
@@ -78,10 +88,17 @@ def optimizer_hparams(lr: float) -> dict[str, HParam]:
     }
 
 
+#: normalization layers whose affine parameters train as they are (no statistics swapped in)
+AFFINE_NORMALIZATIONS = (nn.GroupNorm, nn.LayerNorm)
+
+
 class AffineAdaptMethod(Method):
-    """Swap BN layers for ``make_layer(bn)``; train their affine parameters on ``loss(logits)``."""
+    """Swap BN layers for ``make_layer(bn)``; train the affine parameters of every normalization
+    layer (BN, GroupNorm, LayerNorm) on ``loss(logits)``."""
 
     needs_grad = True
+    #: ``True``: the method's statistics need BatchNorm layers; models without any are refused
+    requires_batchnorm = False
     #: batches smaller than this are predicted without a step (the loss carries no signal there)
     min_batch_for_step = 1
 
@@ -100,16 +117,28 @@ class AffineAdaptMethod(Method):
         raise NotImplementedError
 
     # -- the contract ------------------------------------------------------------------
+    def adapts(self, name: str, layer: nn.Module) -> bool:
+        """Whether the normalization layer ``name`` (its name in the model) trains. Default: all."""
+        return True
+
     def configure(self, model: nn.Module) -> None:
-        self.layers = replace_batchnorms(model, self.make_layer)
-        self.params = [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
+        has_batchnorm = any(isinstance(m, _BatchNorm) for m in model.modules())
+        if self.requires_batchnorm and not has_batchnorm:
+            raise UserError(f"method {self.name!r} needs BatchNorm layers (its statistics are BatchNorm "
+                            "statistics); the model has none")
+        swapped = replace_batchnorms(model, self.make_layer) if has_batchnorm else []
+        for layer in swapped:
+            layer.register_forward_pre_hook(_refuse_single_value)
+        swapped_ids = {id(layer) for layer in swapped}
+        self.adapted_layers = [(name, layer) for name, layer in model.named_modules()
+                       if (id(layer) in swapped_ids or isinstance(layer, AFFINE_NORMALIZATIONS))
+                       and self.adapts(name, layer)]
+        self.params = [p for _, layer in self.adapted_layers for p in (layer.weight, layer.bias) if p is not None]
         if not self.params:
-            raise UserError(f"method {self.name!r} trains BatchNorm affine parameters, but the model's "
-                            "BatchNorm layers have none (affine=False)")
+            raise UserError(f"method {self.name!r} trains normalization affine parameters, but the model has no "
+                            "BatchNorm, GroupNorm or LayerNorm layer with affine parameters it adapts")
         for p in self.params:
             p.requires_grad_(True)
-        for layer in self.layers:
-            layer.register_forward_pre_hook(_refuse_single_value)
         self.optimizer = OPTIMIZERS[self.hp["optimizer"]](self.params, self.hp)
 
     def touched_tensors(self) -> list[torch.Tensor]:

@@ -60,6 +60,8 @@ def class_confusion_loss(logits: torch.Tensor, temperature: float) -> torch.Tens
 class Core(AffineAdaptMethod):
     """Core (You et al. 2021): alpha-BN + class-correlation (MCC) loss on BN affine parameters."""
 
+    requires_batchnorm = True
+
     hparams = {
         "alpha": HParam(0.1, "weight on the source statistics (1 = source, 0 = test batch only)", 0.0, 1.0,
                         search=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5)),
