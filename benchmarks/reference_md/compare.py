@@ -233,9 +233,10 @@ def main(argv=None) -> None:
 
 
 def _md_summary(cfg, pairing: Pairing) -> str:
-    keys = {"norm_ema.yaml": ()}.get(pairing.md_config,
-                                     ("OPTIM.METHOD", "OPTIM.LR", "OPTIM.BETA", "OPTIM.STEPS", "EATA.MARGIN_E0",
-                                      "EATA.D_MARGIN", "EATA.FISHER_ALPHA", "SOURCE.NUM_SAMPLES"))
+    eata = ("OPTIM.METHOD", "OPTIM.LR", "OPTIM.BETA", "OPTIM.STEPS", "EATA.MARGIN_E0",
+            "EATA.D_MARGIN", "EATA.FISHER_ALPHA", "SOURCE.NUM_SAMPLES")
+    keys = {"norm_ema.yaml": (), "rpl.yaml": (*eata[:4], "OPTIM.WD", "RPL.Q"),
+            "rdumb.yaml": (*eata, "MODEL.RESET_AFTER_NUM_UPDATES")}.get(pairing.md_config, eata)
     values = []
     for key in keys:
         node = cfg
