@@ -128,7 +128,7 @@ def test_bn_ema_momentum_zero_is_source_and_batch_of_one_value_refuses():
 def _fitted_eata(model):
     method = EATA(fisher_samples=12)
     method.setup(model)
-    method.fit_fisher(_batches(2, seed=7), source="random test images")
+    method.fit_source(_batches(2, seed=7), "random test images")
     return method
 
 
@@ -170,7 +170,7 @@ def test_eata_fisher_is_the_mean_squared_gradient_over_source_batches():
         grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, logits.argmax(1)), probe_params)
         for e, g in zip(expected, grads):
             e.add_(g.square())
-    method.fit_fisher(batches, source="random images")
+    method.fit_source(batches, "random images")
     assert all(torch.allclose(f, e / 2) for f, e in zip(method.fisher, expected))
     assert method.row_extra() == {"fisher_data": "12 random images"}
     # the penalty is zero at the source parameters and grows away from them
@@ -180,9 +180,11 @@ def test_eata_fisher_is_the_mean_squared_gradient_over_source_batches():
     assert float(method.regularizer().detach()) == pytest.approx(float((method.fisher[0] * 0.01).sum()), rel=1e-4)
 
 
-def test_eata_without_source_images_refuses_in_one_line_and_alpha_zero_is_eta():
+def test_eata_with_alpha_zero_is_eta_and_without_a_fisher_refuses_in_one_line():
+    unfitted = EATA(e0_factor=1.0)  # every sample reliable (E < ln K), so the loss and its penalty are taken
+    unfitted.setup(_random_resnet())
     with pytest.raises(UserError, match="needs clean source images"):
-        Run(RunConfig(protocol="smoke", method="eata", n_examples=200, domains=["fog"])).execute(store=None)
+        unfitted.forward(_batches(1)[0])
     eta = ETA()
     eta.setup(_random_resnet())
     no_fisher = EATA(fisher_alpha=0.0)

@@ -46,9 +46,11 @@ from tta.models.checkpoint import checkpoint_meta, resolve as resolve_checkpoint
 from tta.models.seg_inference import sliding_window, window_text
 from tta.paths import data_root
 from tta.protocols import Protocol, find_spec
+from tta.protocols.base import SourceImages
 from tta.registry import METHODS, MODELS, TASKS
 from tta.scenarios import Segment, StreamSettings, create_scenario
 from tta.store import BUSY, CLAIM_TTL_S, CLAIMED, DONE, ResultStore, new_owner
+from tta.streams import shuffled, to_tensor
 
 #: the whole sequence of a non-independent scenario is claimed as one unit under this domain name
 SEQUENCE_CLAIM = "*sequence*"
@@ -128,11 +130,36 @@ class Run:
             raise UserError(f"{exc}{hint}") from None
         self.checkpoint_sha256 = loaded.sha256
         self.protocol.reader.check(self.domains, self.protocol.root)
+        #: clean source images of a method that needs them (EATA's Fisher), read when the run starts
+        self.source = self._source_images()
         files = self.protocol.reader.data_files(self.domains, self.protocol.root)
+        if self.source is not None and files is not None:
+            files = [*files, *self.source.files]
         self.data_fingerprint = fingerprint(files, self.protocol.root)
         #: the data root is part of the identity only where data is read from it
         self.data_root = None if self.data_fingerprint == PROCEDURAL else str(self.protocol.root)
         self.run_key = self._run_key()
+
+    def _source_images(self) -> SourceImages | None:
+        """The reader's clean source images when the method wants some; refuse when it has none."""
+        wanted = self.method.source_images_wanted()
+        if not wanted:
+            return None
+        source = self.protocol.reader.source_images(self.protocol.root, wanted)
+        if source is None:
+            raise UserError(f"method {self.method.name!r} needs {wanted} clean source images for "
+                            f"{self.method.source_images_use or 'its source statistics'}; protocol "
+                            f"{self.protocol.name!r} has none under {self.protocol.root}")
+        return source
+
+    def _fit_source(self) -> None:
+        """Hand the method its clean source images: a seeded subset, in batches of the run's batch size."""
+        images = self.source.read()
+        order = shuffled(len(images), self.config.seed, "source-images", self.method.source_images_wanted())
+        chunks = (to_tensor(images[order[i:i + self.batch_size]], self.device)
+                  for i in range(0, len(order), self.batch_size))
+        with torch.enable_grad():
+            self.method.fit_source(chunks, self.source.description)
 
     @staticmethod
     def _checkpoint_meta(checkpoint: str | None) -> dict[str, Any]:
@@ -155,6 +182,8 @@ class Run:
             "data_fingerprint": self.data_fingerprint, "data_root": self.data_root, **self._provenance(),
             **self.protocol.reader.identity(), **self.window_extra,
         }
+        if self.source is not None:  # the source images a method estimated something on
+            identity["source_images"] = self.source.description
         if not self.scenario.independent:
             identity["sequence"] = [d.key for d in self.domains]
         if self.protocol.reader.data_source is not None:  # official and self-built data never share cells
@@ -196,6 +225,8 @@ class Run:
         torch.manual_seed(self.config.seed)
         self.model.to(self.device)
         self.method.setup(self.model)
+        if self.source is not None:
+            self._fit_source()
         if self.config.compile:
             self.method.model = torch.compile(self.method.model)
         base = self.base_row()

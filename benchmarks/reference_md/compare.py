@@ -174,12 +174,12 @@ def main(argv=None) -> None:
         ours = METHODS.get(args.method)(**hp, **({"seed": rng_seed} if pairing.seeded else {}))
         ours.setup(resnet20(args.checkpoint))
         fisher_note = ""
-        if hasattr(ours, "fit_fisher"):
+        if ours.source_images_wanted():
             clean = np.load(args.clean)["images"]
             order = shuffled(len(clean), args.seed, "fisher", ours.hp["fisher_samples"])
             FISHER_BATCHES[:] = [(to_tensor(clean[order[i:i + args.batch_size]]), torch.zeros(0))
                                  for i in range(0, len(order), args.batch_size)]
-            ours.fit_fisher(x for x, _ in FISHER_BATCHES)
+            ours.fit_source((x for x, _ in FISHER_BATCHES), "clean CIFAR-10 test images")
             fisher_note = (f"Fisher data (both): {len(order)} clean CIFAR-10 test images (seeded subset), "
                            f"batches of {args.batch_size}.")
         ref, cfg = md_method(conf, md_root, pairing, resnet20(args.checkpoint), args.md_opts)

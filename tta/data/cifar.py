@@ -3,6 +3,9 @@
     <root>/cifar-10-batches-py/test_batch      (Krizhevsky, 2009; 10,000 images, 10 classes)
     <root>/cifar-100-python/test               (10,000 images, 100 fine classes)
 
+and, for methods that need clean source images (EATA's Fisher information), the training
+batches beside them (``data_batch_1`` .. ``data_batch_5``; CIFAR-100: ``train``), read only if present.
+
 Missing files are downloaded from the authors' site into ``<root>`` (archive MD5 checked, as
 torchvision does); offline, the reader raises one :class:`tta.errors.UserError` line.
 
@@ -37,15 +40,17 @@ class CifarSpec:
     md5: str
     corrupted_folder: str  # the official name of the -C benchmark folder
     num_classes: int
+    train_files: tuple[str, ...] = ()
 
 
 CIFAR: dict[str, CifarSpec] = {
     "cifar10": CifarSpec("CIFAR-10", "cifar-10-batches-py", "test_batch", "labels", "cifar-10-python.tar.gz",
                          "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                         "c58f30108f718f92721af3b95e74349a", "CIFAR-10-C", 10),
+                         "c58f30108f718f92721af3b95e74349a", "CIFAR-10-C", 10,
+                         tuple(f"data_batch_{i}" for i in range(1, 6))),
     "cifar100": CifarSpec("CIFAR-100", "cifar-100-python", "test", "fine_labels", "cifar-100-python.tar.gz",
                           "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                          "eb9058c3a382ffc7106e4002c42a8d85", "CIFAR-100-C", 100),
+                          "eb9058c3a382ffc7106e4002c42a8d85", "CIFAR-100-C", 100, ("train",)),
 }
 
 
@@ -58,6 +63,18 @@ def spec(dataset: str) -> CifarSpec:
 def test_file(dataset: str, root: Path) -> Path:
     s = spec(dataset)
     return Path(root) / s.folder / s.test_file
+
+
+def train_files(dataset: str, root: Path) -> list[Path]:
+    """The training batches under ``root`` (all of them), or ``[]`` when any is missing."""
+    s = spec(dataset)
+    paths = [Path(root) / s.folder / name for name in s.train_files]
+    return paths if paths and all(p.is_file() for p in paths) else []
+
+
+def read_train_images(dataset: str, root: Path) -> np.ndarray:
+    """The training images (uint8 N x 32 x 32 x 3 RGB, file order; labels not returned)."""
+    return np.concatenate([_read_batch(dataset, path, "training batch")[0] for path in train_files(dataset, root)])
 
 
 def _md5(path: Path) -> str:
@@ -90,23 +107,28 @@ def read_test_set(dataset: str, root: Path, fetch_missing: bool = True) -> tuple
     path = fetch(dataset, root) if fetch_missing else test_file(dataset, root)
     if not path.is_file():
         raise UserError(f"{spec(dataset).name} test set not found at {path}")
+    return _read_batch(dataset, path, "test batch")
+
+
+def _read_batch(dataset: str, path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of one CIFAR python batch file; anything else is one :class:`UserError` line."""
     try:
         with open(path, "rb") as handle:
             batch = restricted_pickle.load(handle, encoding="latin1")
     except restricted_pickle.RefusedGlobal as exc:
-        raise UserError(f"{path} is not a CIFAR test batch: it {exc}; refused without running it") from None
+        raise UserError(f"{path} is not a CIFAR {what}: it {exc}; refused without running it") from None
     except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError,
             IndexError, KeyError, UnicodeDecodeError, MemoryError) as exc:
-        raise UserError(f"{path} is not a CIFAR test batch ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{path} is not a CIFAR {what} ({type(exc).__name__}: {exc})") from None
     if not isinstance(batch, dict):
-        raise UserError(f"{path} is not a CIFAR test batch (holds a {type(batch).__name__}, expected a dict)")
+        raise UserError(f"{path} is not a CIFAR {what} (holds a {type(batch).__name__}, expected a dict)")
     # Python 2 wrote the keys as str; a batch re-pickled by Python 3 may carry bytes keys
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     try:
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch[spec(dataset).label_key], dtype=np.uint8)
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise UserError(f"{path} is not a CIFAR test batch ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{path} is not a CIFAR {what} ({type(exc).__name__}: {exc})") from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise UserError(f"{path} holds data of shape {data.shape}, expected N x 3072")
     if len(labels) and labels.max() >= spec(dataset).num_classes:

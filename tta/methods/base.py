@@ -9,6 +9,10 @@ A method wraps a source model for one run. The runner calls
   ``x`` is the only input; labels never reach a method. A method that needs label-free
   side inputs of the protocol (e.g. CMA's normal-condition ``reference`` image) names
   them in ``side_inputs`` and receives them as keyword arguments, ``forward(x, reference=...)``;
+* ``fit_source(batches, description)`` once after ``setup``, only for a method whose
+  ``source_images_wanted()`` is positive: that many clean, label-free images of the source
+  distribution from the protocol's reader (e.g. EATA's Fisher information); a protocol
+  without them refuses such a method before any work;
 * ``reset()`` whenever the scenario says so (episodic: before every domain): the model
   and all method state return to the snapshot bit for bit.
 
@@ -18,7 +22,7 @@ Training-time (domain generalization) methods subclass
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -73,6 +77,18 @@ class Method:
 
     def reset_state(self) -> None:
         """Reset state the method keeps outside the model (running statistics, optimizer)."""
+
+    def source_images_wanted(self) -> int:
+        """How many clean source images :meth:`fit_source` needs (0, the default: none)."""
+        return 0
+
+    #: what the source images are for, named when a protocol has none (e.g. "its Fisher regularizer")
+    source_images_use: ClassVar[str] = ""
+
+    def fit_source(self, batches: Iterable[torch.Tensor], description: str) -> None:
+        """Estimate what the method keeps from clean source images (batches of floats in [0, 1], as
+        the test batches, label-free), after ``setup`` and before the first test batch; kept through
+        ``reset``. ``description`` says what the images are (for the rows)."""
 
     def diverged(self) -> bool:
         """Whether a declared tensor turned non-finite (NaN/inf); the runner then resets the method.

@@ -13,16 +13,16 @@ Fisher information estimated before adaptation on clean source images, batch by 
 (``CE`` the mean cross-entropy of batch ``t`` against the model's own hard predictions, BN
 normalizing with each batch's statistics, as the reference).
 
-**Source images: this method needs them, and they are an explicit input.** Call
-:meth:`EATA.fit_fisher` with batches of clean source images (uint8-derived floats in [0, 1],
-as the test batches) after ``setup`` and before the first test batch; ``fisher_samples`` of them
-are used, cut into the batches given. The Fisher is kept through ``reset`` (it is a fixed
-property of the source model). Rows say which data the Fisher came from (``row_extra``:
-``fisher_data``). For CIFAR-10 the reference uses 2,000 random CIFAR-10 *training* images;
-offline only the clean CIFAR-10 *test* images exist here, so that is what
-``benchmarks/reference_md/compare.py`` gives both implementations. Not yet wired into the
-runner: a run that reaches a test batch with ``fisher_alpha > 0`` and no Fisher refuses in one
-line (``--hp fisher_alpha=0`` is ETA).
+**Source images: this method needs them, and they are an explicit input.** With
+``fisher_alpha > 0`` it asks for ``fisher_samples`` clean source images
+(:meth:`source_images_wanted`); the runner draws that many from the protocol reader's
+``source_images`` (a seeded subset, in batches of the run's batch size) and calls
+:meth:`fit_source` after ``setup``, before the first test batch. A protocol without source
+images refuses the run in one line (``--hp fisher_alpha=0`` is ETA). The Fisher is kept
+through ``reset`` (a fixed property of the source model). Rows say which data the Fisher came
+from (``row_extra``: ``fisher_data``). For CIFAR-10 the reference uses 2,000 random CIFAR-10
+*training* images (``data_batch_*``); where only the clean *test* images exist (offline here),
+the reader gives those and the rows say so (:class:`tta.protocols.cifar_c.CorruptedStack`).
 
 Defaults, mariodoebler/test-time-adaptation (MD) at commit 8b2ed63,
 ``classification/cfgs/cifar10_c/eata.yaml`` lines 26-36: Adam lr 1e-3, ``EATA.FISHER_ALPHA 1.0``,
@@ -62,9 +62,14 @@ class EATA(ETA):
         self.anchor: list[torch.Tensor] = []
         self.fisher_data = "none"
 
-    def fit_fisher(self, batches: Iterable[torch.Tensor], source: str = "clean source images") -> None:
+    source_images_use = "its Fisher regularizer"
+
+    def source_images_wanted(self) -> int:
+        return self.hp["fisher_samples"] if self.hp["fisher_alpha"] > 0 else 0
+
+    def fit_source(self, batches: Iterable[torch.Tensor], description: str = "clean source images") -> None:
         """Estimate ``F`` on the first ``fisher_samples`` images of ``batches`` (clean, label-free);
-        ``source`` names them in the rows."""
+        ``description`` names them in the rows."""
         limit = self.hp["fisher_samples"]
         totals = [torch.zeros_like(p) for p in self.params]
         seen = steps = 0
@@ -83,15 +88,15 @@ class EATA(ETA):
             raise UserError("eata: no source images were given to estimate the Fisher information")
         self.fisher = [total / steps for total in totals]
         self.anchor = [p.detach().clone() for p in self.params]
-        self.fisher_data = f"{seen} {source}"
+        self.fisher_data = f"{seen} {description}"
 
     def regularizer(self) -> torch.Tensor | float:
         alpha = self.hp["fisher_alpha"]
         if alpha == 0.0:
             return 0.0
         if self.fisher is None:
-            raise UserError("eata needs clean source images for its Fisher regularizer (EATA.fit_fisher), which "
-                            "this run does not provide; use --hp fisher_alpha=0 (ETA) or the method eta")
+            raise UserError("eata needs clean source images for its Fisher regularizer (EATA.fit_source), which "
+                            "this run did not provide; use --hp fisher_alpha=0 (ETA) or the method eta")
         return sum(alpha * (f * (p - p0).square()).sum() for f, p, p0 in zip(self.fisher, self.params, self.anchor))
 
     def row_extra(self) -> dict[str, Any]:

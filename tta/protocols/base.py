@@ -15,6 +15,7 @@ expected, before any batch is scored.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -38,6 +39,19 @@ class DomainData:
     origin: str = ""
     #: where the labels come from, when not ``origin`` (e.g. CIFAR-10-C's ``labels.npy``)
     label_origin: str = ""
+
+
+@dataclass(frozen=True)
+class SourceImages:
+    """Clean, label-free images of the source distribution, for methods that estimate something on
+    source data before adapting (EATA's Fisher information). Read only when a run starts."""
+
+    #: returns the images, uint8 N x H x W x C
+    read: Callable[[], np.ndarray]
+    #: what they are, for rows and the run identity (e.g. "CIFAR-10 training images")
+    description: str
+    #: the files they were read from (join the run's data fingerprint); ``[]`` for procedural images
+    files: list[Path] = field(default_factory=list)
 
 
 class DatasetReader:
@@ -97,6 +111,12 @@ class DatasetReader:
     def row_extra(self, domain_key: str) -> dict:
         """What a result row of domain ``domain_key`` records about how it was read (row ``extra``)."""
         return {}
+
+    def source_images(self, root: Path, n: int) -> SourceImages | None:
+        """At least ``n`` (or all available) clean images of the source model's training distribution,
+        for methods that need them (:meth:`tta.methods.base.Method.source_images_wanted`); ``None``
+        (the default) when this dataset has none here: such methods are then refused in one line."""
+        return None
 
 
 def _validated(load):

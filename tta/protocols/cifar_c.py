@@ -26,7 +26,7 @@ from tta.data import cifar
 from tta.data.corruption_names import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS
 from tta.download import download
 from tta.errors import UserError
-from tta.protocols.base import DatasetReader, DomainData
+from tta.protocols.base import DatasetReader, DomainData, SourceImages
 from tta.registry import DATASETS
 from tta.types import Domain
 
@@ -115,6 +115,22 @@ class CorruptedStack(DatasetReader):
                             f"({cifar.spec(self.cifar).folder}/) to generate them; automatic download failed: {exc}"
                             ) from None
         return official, "official"
+
+    def source_images(self, root: Path, n: int) -> SourceImages | None:
+        """Clean CIFAR images for methods that need source data: the training batches
+        (``<root>/<cifar folder>/data_batch_*``, as MD's EATA samples its Fisher data from the
+        training set) when present, else the clean *test* images (``test_batch``): label-free, but
+        the clean versions of the test images the run then scores, which the rows say
+        (``description``); ``None`` when neither is under ``root``."""
+        name = cifar.spec(self.cifar).name
+        files = cifar.train_files(self.cifar, root)
+        if files:
+            return SourceImages(lambda: cifar.read_train_images(self.cifar, root), f"{name} training images", files)
+        test = cifar.test_file(self.cifar, root)
+        if test.is_file():
+            return SourceImages(lambda: cifar.read_test_set(self.cifar, root, fetch_missing=False)[0], f"clean {name} test images (no training batches under "
+                                        f"{test.parent}; the clean versions of the test images)", [test])
+        return None
 
     def fetch(self, root: Path) -> None:
         """Download and unpack the official archive (md5-checked, progress on stderr)."""

@@ -14,12 +14,14 @@ from pathlib import Path
 
 from tta.data.corruption_names import BENCHMARK_CORRUPTIONS
 from tta.data.synthetic import SIZE, generate
-from tta.protocols.base import DatasetReader, DomainData
+from tta.protocols.base import DatasetReader, DomainData, SourceImages
 from tta.registry import DATASETS
 from tta.types import Domain
 
 TEST_EXAMPLES = 2_000
 TEST_SEED = 1
+#: generator seed of the source model's training images (:func:`tta.models.smoke_cnn.train_smoke_cnn`)
+SOURCE_SEED = 0
 
 
 @lru_cache(maxsize=1)
@@ -55,3 +57,8 @@ class Smoke(DatasetReader):
 
     def load(self, domain: Domain, root: Path) -> DomainData:
         return DomainData(_corrupted(domain.name, domain.severity), _clean_test_set()[1], "procedural")
+
+    def source_images(self, root: Path, n: int) -> SourceImages:
+        """``n`` clean procedural images of the source model's training distribution (generator seed 0)."""
+        return SourceImages(lambda: generate(n, seed=SOURCE_SEED)[0],
+                            f"procedural smoke training images (generator seed {SOURCE_SEED})")
