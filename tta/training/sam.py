@@ -13,12 +13,16 @@ i.e. two forward/backward passes per step: the gradient at the perturbed weights
 restores them (:func:`tta.training.base.bn_statistics_kept`). ``||g||`` is the norm over
 all trainable parameters together. Defaults: ``rho = 0.05`` (the paper's), ASAM off; the
 ASAM paper pairs ``adaptive`` with a larger ``rho`` (0.5 to 2) and ``eta = 0.01``.
+
+The ascent and the perturbed pass are :mod:`tta.sharpness`, shared with the test-time
+method ``sar`` (:mod:`tta.methods.sar`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from tta import sharpness
 from tta.hparams import HParam
 from tta.registry import register_training_method
 from tta.training.base import OPTIMIZER_HPARAMS, TrainingMethod, bn_statistics_kept, cross_entropy, gradients
@@ -46,24 +50,9 @@ class SAM(TrainingMethod):
 
     def ascent(self, grads: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         """The perturbation ``e`` for gradients ``grads`` (one tensor per trainable parameter)."""
-        rho = self.hp["rho"]
-        if self.hp["adaptive"]:
-            scale = [p.detach().abs() + self.hp["eta"] for p in self.params]
-            norm = torch.norm(torch.stack([(t * g).norm() for t, g in zip(scale, grads)]))
-            return [rho * t * t * g / (norm + 1e-12) for t, g in zip(scale, grads)]
-        norm = torch.norm(torch.stack([g.norm() for g in grads]))
-        return [rho * g / (norm + 1e-12) for g in grads]
+        scale = [p.detach().abs() + self.hp["eta"] for p in self.params] if self.hp["adaptive"] else None
+        return sharpness.ascent(grads, self.hp["rho"], scale)
 
     def perturbed_backward(self, grads, loss_fn) -> torch.Tensor:
         """Set ``.grad`` to the gradient of ``loss_fn()`` at ``w + ascent(grads)``; restore ``w``; return the loss."""
-        saved = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, e in zip(self.params, self.ascent(grads)):
-                p.add_(e)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        with torch.no_grad():
-            for p, original in zip(self.params, saved):
-                p.copy_(original)
-        return loss
+        return sharpness.perturbed_backward(self.params, self.ascent(grads), loss_fn)
