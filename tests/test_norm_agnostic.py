@@ -119,3 +119,61 @@ def test_registered_normalizations_of_the_groupnorm_resnet_and_the_vit():
     vit = create_model("vit_base_patch16_224", 10)
     assert vit.mean.flatten().tolist() == [0.5] * 3 and vit.std.flatten().tolist() == [0.5] * 3
     assert sum(isinstance(m, nn.LayerNorm) for m in vit.modules()) == 25  # 2 per block x 12 + final
+
+
+# -- end to end through the runner: a GroupNorm ResNet and a (small, random) timm ViT ------------------
+
+
+def _tiny_vit(num_classes: int = 10) -> nn.Module:
+    """A real timm VisionTransformer, small enough for CPU tests: 32 px, patch 8, 2 blocks, LayerNorm."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2, num_classes=num_classes)
+
+
+@pytest.fixture(scope="module")
+def tiny_vit_checkpoint(tmp_path_factory):
+    from tta.models.registry import register_model
+    from tta.registry import MODELS
+
+    if "test_tiny_vit" not in MODELS:
+        register_model("test_tiny_vit", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))(_tiny_vit)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vit") / "tiny_vit.pt"
+    torch.save(_confident(_tiny_vit().state_dict(), "head.weight"), path)
+    return str(path)
+
+
+def _confident(state: dict, classifier: str) -> dict:
+    """A random network made confident (classifier weights x 30): low-entropy predictions pass the
+    entropy filters of eta, sar and deyo, so their steps are taken."""
+    state[classifier] = state[classifier] * 30
+    return state
+
+
+@pytest.fixture(scope="module")
+def gn_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gn") / "resnet26_gn.pt"
+    torch.save(_confident(_gn_resnet().net.state_dict(), "fc.weight"), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("method", ["tent", "eta", "sar", "deyo"])
+@pytest.mark.parametrize("model", ["resnet26_gn", "test_tiny_vit"])
+def test_groupnorm_resnet_and_vit_run_end_to_end(method, model, gn_checkpoint, tiny_vit_checkpoint):
+    from tta.runner import Run, RunConfig
+
+    checkpoint = gn_checkpoint if model == "resnet26_gn" else tiny_vit_checkpoint
+    # a random network barely changes its prediction on a patch-shuffled view: open DeYO's PLPD filter
+    hparams = {"plpd_threshold": 0.0} if method == "deyo" else {}
+    run = Run(RunConfig(protocol="smoke", method=method, hparams=hparams, model=model, checkpoint=checkpoint,
+                        n_examples=64, batch_size=32, domains=["fog", "gaussian_noise"]))
+    before = [p.detach().clone() for p in run.model.parameters()]
+    rows = run.execute(store=None)
+    assert [r["n"] for r in rows] == [64, 64]
+    assert all(r["extra"]["nonfinite_resets"] == 0 for r in rows)
+    norms = (nn.GroupNorm, nn.LayerNorm)
+    trained = {id(p) for m in run.model.modules() if isinstance(m, norms) for p in (m.weight, m.bias)}
+    assert {id(p) for p in run.method.params} <= trained  # only normalization affine parameters train
+    changed = {id(p) for p, p0 in zip(run.model.parameters(), before) if not torch.equal(p, p0)}
+    assert changed and changed <= trained

@@ -83,5 +83,5 @@ class ResNetGN(nn.Module):
 
 @register_model("resnet26_gn", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 def resnet26_gn(num_classes: int = 10) -> ResNetGN:
-    """CIFAR ResNet-26, GroupNorm (8 groups), pre-activation (TTT / MEMO / MD ``resnet26_gn`` checkpoint layout)."""
+    """CIFAR ResNet-26, GroupNorm (8 groups), pre-activation (TTT / MEMO / MD resnet26_gn checkpoint layout)."""
     return ResNetGN(26, num_classes)
