@@ -22,8 +22,8 @@ pass the loss is taken on, before the step.
 **Which layers.** The affine parameters of every normalization layer except the top ones, the
 references' ``collect_params``: a layer whose name (relative to tta's input-normalizing wrapper,
 ``Normalized.net``) contains ``layer4``, ``blocks.9``, ``blocks.10``, ``blocks.11`` or
-``norm.``, or is ``norm``, stays fixed (MD ``methods/deyo.py`` lines 129-143; authors lines
-194-207). ResNet-20 and ResNet-26-GN have no ``layer4``: every layer trains. On timm's ViT the
+``norm.``, or is ``norm``, stays fixed (MD ``methods/deyo.py`` lines 129-148; authors lines
+194-213). ResNet-20 and ResNet-26-GN have no ``layer4``: every layer trains. On timm's ViT the
 final ``norm`` is kept fixed as in the authors' code on the bare timm model; in MD the model is
 wrapped by RobustBench's ``normalize_model`` (names ``model.norm``), so MD's ``nm in ['norm']``
 does not fire and MD trains that layer.
@@ -45,7 +45,7 @@ code Jhyun17/DeYO at 3d7d289):
   ``methods/deyo.py`` line 28); authors ``config.py`` line 54 (``--deyo_margin_e0``).
 * ``plpd_threshold`` 0.2: MD ``conf.py`` line 238 (``DEYO.PLPD``); authors ``config.py`` line 55.
   The authors' script ``exp_deyo.sh`` uses 0.3 for ImageNet-C on ResNet-50-BN (``DTHR=0.3``,
-  line 4) and 0.2 in the wild settings (line 14).
+  line 6) and 0.2 in the wild settings (line 19).
 * ``reweight_ent`` / ``reweight_plpd`` on: MD ``conf.py`` lines 236-237; authors ``config.py``
   lines 61-62. Both coefficients are 1 (MD: ``float(True)``, ``methods/deyo.py`` lines 93-95).
 * ``patches`` 4 per side, augmentation ``patch``: MD ``conf.py`` lines 240 and 244
@@ -53,12 +53,16 @@ code Jhyun17/DeYO at 3d7d289):
   views of the references (``occ``, ``pixel``) are not implemented.
 * optimizer Adam, lr 1e-3, beta 0.9, 1 step, no weight decay: MD
   ``classification/cfgs/cifar10_c/deyo.yaml`` lines 26-31 (Adam's beta2 0.999: MD
-  ``methods/base.py`` line 166). The authors (ImageNet only) use SGD, momentum 0.9, lr
-  0.00025 for ResNet-50 at batch 64 and ``0.001 / 64 * batch`` for ViT-B/16 (``main.py`` lines
-  349-359, 588): ``--hp optimizer=sgd lr=0.00025``.
+  ``methods/base.py`` line 166). ImageNet-C differs: MD ``cfgs/imagenet_c/deyo.yaml`` lines 24-31
+  (SGD, lr 0.00025, batch 64; MD's SGD is Nesterov, momentum 0.9, ``conf.py`` lines 134-140);
+  the authors use plain momentum-0.9 SGD, lr 0.00025 for ResNets (batch >= 32) and
+  ``0.001 / 64 * batch`` for ViT-B/16 (``main.py`` lines 349-359 and 588; doubled at batch 1,
+  line 378). ``--hp optimizer=sgd lr=0.00025`` is the authors' ResNet setting (tta's SGD has no
+  Nesterov option).
 
 Reference differences that do not change CIFAR results: the authors put the model in train
-mode, MD in eval mode (only dropout / stochastic depth differ; BN uses batch statistics in both).
+mode (``methods/deyo.py`` line 227), MD in eval mode (line 155); only dropout and stochastic
+depth see the difference, BN uses batch statistics in both.
 
 Batch size 1: the filters see the one image; conv layers normalize with its spatial
 statistics in both passes (the shuffled view's too); a layer with one value per channel refuses
@@ -81,7 +85,7 @@ from tta.methods.tent import softmax_entropy
 from tta.models.registry import Normalized
 from tta.registry import register_method
 
-#: name fragments of the layers the references leave fixed (MD ``methods/deyo.py`` lines 131-140)
+#: name fragments of the layers the references leave fixed (MD ``methods/deyo.py`` lines 131-142)
 FROZEN_FRAGMENTS = ("layer4", "blocks.9", "blocks.10", "blocks.11", "norm.")
 
 
