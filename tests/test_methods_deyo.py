@@ -243,3 +243,29 @@ def test_runs_through_run_reproducibly():
     assert all(0.0 <= r["error"] <= 100.0 and r["extra"]["nonfinite_resets"] == 0 for r in first)
     assert [r["error"] for r in first] == [r["error"] for r in second]
     assert [r["nll"] for r in first] == [r["nll"] for r in second]
+
+
+# -- GroupNorm and LayerNorm models ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, adapted, size", [("resnet26_gn", 25, 32), ("vit_base_patch16_224", 18, 224)])
+def test_groupnorm_resnet_and_vit_adapt_end_to_end(name, adapted, size):
+    """ResNet-26-GN: every GroupNorm trains (no layer4). ViT-B/16 (random weights): blocks 0-8's
+    LayerNorms train; blocks 9-11 and the final norm stay fixed, as the references' collect_params."""
+    from tta.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, 10).eval()
+    method = DeYO(seed=0, **KEEP_ALL)
+    method.setup(model)
+    names = [n for n, _ in method.adapted_layers]
+    assert len(names) == adapted
+    assert not any(".blocks.9." in n or ".blocks.10." in n or ".blocks.11." in n or n == "net.norm" for n in names)
+    fixed = [p for n, m in model.named_modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) and n not in names
+             for p in (m.weight, m.bias)]
+    assert all(not p.requires_grad for p in fixed) and len(fixed) == 2 * (25 - adapted)
+    before = [p.clone() for p in method.params]
+    fixed_before = [p.clone() for p in fixed]
+    assert method.forward(torch.rand(2, 3, size, size)).shape == (2, 10) and method.selected == (2, 2)
+    assert all(not torch.equal(a, b) for a, b in zip(before, method.params))
+    assert all(torch.equal(a, b) for a, b in zip(fixed_before, fixed))
