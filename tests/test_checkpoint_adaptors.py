@@ -287,7 +287,10 @@ def test_torchvision_weights_in_the_cache_are_used(tmp_path, monkeypatch):
 
 
 def test_unknown_weight_names_are_one_line():
-    with pytest.raises(UserError, match=r"unknown torchvision weights 'IMAGENET1K_V1'; name the enum in full"):
+    with pytest.raises(UserError, match=r"unknown torchvision weights 'ResNet50_Weights\.NOPE'; name the enum in full"):
+        resolve("torchvision:ResNet50_Weights.NOPE")
+    # the short form needs an architecture, which only tta.run (--model / the protocol's model) supplies
+    with pytest.raises(UserError, match=r"torchvision:IMAGENET1K_V1 names weights without their architecture"):
         resolve("torchvision:IMAGENET1K_V1")
     with pytest.raises(UserError, match=r"unknown timm pretrained weights 'resnet50\.nope'"):
         resolve("timm:resnet50.nope")

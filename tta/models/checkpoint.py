@@ -17,7 +17,9 @@ Checkpoint adaptors, applied by :func:`load_into` in this order:
 4. the model's declared auxiliary heads (``register_model(..., drop_keys=("aux_classifier.",))``).
 
 What still does not fit is one line naming counts and a few of the file's own key names
-next to the model's.
+next to the model's; a file in mmseg's layout that does not fit says so instead
+(:func:`mmseg_refusal`): no mmseg architecture is registered here, and a plugin model that
+builds one declares the key mapping with ``remap_keys``.
 """
 
 from __future__ import annotations
@@ -193,6 +195,30 @@ def mismatch_message(path: Path, net: nn.Module, state: dict[str, torch.Tensor],
     return f"checkpoint {str(path)!r} does not fit model {type(net).__name__}: {'; '.join(parts)} ({keys})"
 
 
+#: top-level modules of an mmseg ``EncoderDecoder`` (mmseg/models/segmentors/encoder_decoder.py: ``backbone``,
+#: ``decode_head``, optional ``neck`` and ``auxiliary_head``), the key prefixes of its checkpoints' ``state_dict``
+MMSEG_MODULES = ("backbone.", "neck.", "decode_head.", "auxiliary_head.")
+
+
+def mmseg_refusal(path: Path, net: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """The one-line reason an mmseg-layout ``state`` (``backbone.*`` and ``decode_head.*`` keys,
+    also under ``module.``) does not load into ``net``; ``None`` for any other layout.
+
+    No registered model builds an mmseg network (see :mod:`tta.models.deeplab` for why mmseg's
+    DeepLabV3 differs from torchvision's), so such a file fits only a plugin model that builds
+    the network as mmseg does and renames its keys with ``remap_keys``.
+    """
+    keys = [k[len("module."):] if k.startswith("module.") else k for k in state]
+    if not (any(k.startswith("backbone.") for k in keys) and any(k.startswith("decode_head.") for k in keys)):
+        return None
+    present = " / ".join(f"{m}*" for m in MMSEG_MODULES if any(k.startswith(m) for k in keys))
+    return (f"checkpoint {str(path)!r} is in mmseg's layout ({present} keys) and does not fit model "
+            f"{type(net).__name__}: no mmseg architecture is registered here; register the network as a plugin "
+            f"model (register_model in a --plugin file) built as mmseg builds it, with remap_keys renaming mmseg's "
+            f"keys to its modules (e.g. backbone. -> encoder., decode_head. -> decoder.) and "
+            f"drop_keys=('auxiliary_head.',); see methods/README.md, Model plugins")
+
+
 def load_into(net: nn.Module, ref: str, sha256: str | None = None, *, drop_keys: Iterable[str] | None = None,
               remap_keys: Callable[[dict], dict] | None = None) -> LoadedCheckpoint:
     """Load ``ref`` into ``net`` strictly, after the checkpoint adaptors (module docstring); a
@@ -205,10 +231,11 @@ def load_into(net: nn.Module, ref: str, sha256: str | None = None, *, drop_keys:
     remap_keys = (entry.remap_keys if entry else None) if remap_keys is None else remap_keys
     path = resolve(ref, sha256)
     own = net.state_dict()
-    state = adapt_state(read_state_dict(path, strip_module=False), own, drop_keys, remap_keys)
+    raw = read_state_dict(path, strip_module=False)
+    state = adapt_state(raw, own, drop_keys, remap_keys)
     message = mismatch_message(path, net, state, own)
     if message:
-        raise UserError(message)
+        raise UserError(mmseg_refusal(path, net, raw) or message)
     net.load_state_dict({**own, **state}, strict=True)
     return LoadedCheckpoint(path, sha256_of(path))
 

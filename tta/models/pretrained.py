@@ -1,19 +1,25 @@
-"""Pretrained weights by name: ``torchvision:<WEIGHTS_ENUM>`` and ``timm:<model>.<tag>`` as ``--checkpoint``.
+"""Pretrained weights by name as ``--checkpoint``: ``torchvision:<WEIGHTS_ENUM>`` (or the short
+``torchvision:<TAG>``), ``timm:<model>.<tag>`` and ``robustbench:[<dataset>/<threat_model>/]<name>``.
 
 Each resolves to a local file through the library's own cache, so weights a user already
-has (from torchvision or timm) are found where those libraries keep them:
+has (from torchvision, timm or RobustBench) are found where those libraries keep them:
 
 * ``torchvision:ResNet50_Weights.IMAGENET1K_V1`` -> ``torch.hub.get_dir()/checkpoints/<file
   name of the weights' URL>`` (torchvision's ``load_state_dict_from_url`` cache; ``$TORCH_HOME``
-  moves it), downloaded there when missing and online, sha256-prefix checked as torch.hub does;
+  moves it), downloaded there when missing and online, sha256-prefix checked as torch.hub does.
+  The short form ``torchvision:IMAGENET1K_V1`` (or ``torchvision:DEFAULT``) takes the enum of
+  the architecture named by ``--model`` (else the protocol's model) through torchvision's
+  ``get_model_weights``; :func:`qualify` writes it out in full (an alias such as ``DEFAULT``
+  becomes the tag it stands for), so the stored row names the exact weights;
 * ``timm:resnet50.a1_in1k`` -> the Hugging Face hub cache (``$HF_HUB_CACHE``, else
   ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``) ``models--timm--<model>.<tag>/snapshots/
   */model.safetensors`` (or ``pytorch_model.bin``), downloaded with ``huggingface_hub`` when
-  missing and online; weights timm serves only by URL use the torch.hub cache as above.
+  missing and online; weights timm serves only by URL use the torch.hub cache as above;
+* ``robustbench:Standard`` -> RobustBench's model-zoo layout, see :mod:`tta.models.robustbench`.
 
 Offline and not cached: one :class:`UserError` line naming the file and where to place it.
 The file is then loaded like any checkpoint (:func:`tta.models.checkpoint.load_into`),
-into the model named with ``--model``.
+into the model named with ``--model`` (a RobustBench entry names its own model, :func:`qualify`).
 """
 
 from __future__ import annotations
@@ -59,6 +65,10 @@ def torchvision_weights(name: str) -> Path:
     """``ResNet50_Weights.IMAGENET1K_V1`` -> its file in torch.hub's cache."""
     from torchvision.models import get_weight
 
+    if "." not in name:  # a bare tag: only :func:`qualify`, which knows the architecture, can complete it
+        raise UserError(f"torchvision:{name} names weights without their architecture; tta.run takes it from --model "
+                        f"(else the protocol's model), elsewhere name the enum in full, "
+                        f"e.g. torchvision:ResNet50_Weights.{name}")
     try:
         weights = get_weight(name)
     except (ValueError, KeyError, AttributeError):
@@ -109,7 +119,7 @@ def timm_weights(name: str) -> Path:
             return found
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     # huggingface_hub retries an unreachable host for ~20 s per file: ask the network once first
-    reasons = [_unreachable(endpoint)]
+    reasons = [unreachable(endpoint)]
     if reasons[0] is None:
         from huggingface_hub import hf_hub_download
 
@@ -124,10 +134,10 @@ def timm_weights(name: str) -> Path:
                     f"{repo_dir / 'snapshots' / 'local' / HF_FILES[0]}")
 
 
-def _unreachable(url: str, timeout: float = 5.0) -> str | None:
-    """Why ``url``'s host cannot be reached (``None`` when it can; ``HF_HUB_OFFLINE=1`` counts as offline)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
+def unreachable(url: str, timeout: float = 5.0, offline_env: str | None = "HF_HUB_OFFLINE") -> str | None:
+    """Why ``url``'s host cannot be reached (``None`` when it can; ``offline_env=1`` counts as offline)."""
+    if offline_env and os.environ.get(offline_env, "").lower() in ("1", "true", "yes", "on"):
+        return f"{offline_env} is set"
     parsed = urlparse(url)
     try:
         socket.create_connection((parsed.hostname or "", parsed.port or 443), timeout=timeout).close()
@@ -136,8 +146,62 @@ def _unreachable(url: str, timeout: float = 5.0) -> str | None:
     return None
 
 
+def robustbench_weights(name: str) -> Path:
+    """``cifar10/corruptions/Standard`` (or ``Standard``) -> its file in RobustBench's layout
+    (:mod:`tta.models.robustbench`)."""
+    from tta.models.robustbench import resolve
+
+    return resolve(name)
+
+
 #: ``--checkpoint`` prefix -> resolver of the name after it
-SCHEMES: dict[str, Callable[[str], Path]] = {"torchvision:": torchvision_weights, "timm:": timm_weights}
+SCHEMES: dict[str, Callable[[str], Path]] = {"torchvision:": torchvision_weights, "timm:": timm_weights,
+                                             "robustbench:": robustbench_weights}
+TORCHVISION, ROBUSTBENCH = "torchvision:", "robustbench:"
+
+
+def torchvision_enum_ref(tag: str, architecture: str) -> str:
+    """``torchvision:<Enum>.<TAG>`` of weights ``tag`` of torchvision model ``architecture``
+    (``IMAGENET1K_V1``, ``resnet50`` -> ``torchvision:ResNet50_Weights.IMAGENET1K_V1``)."""
+    from torchvision.models import get_model_weights
+
+    try:
+        enum = get_model_weights(architecture)
+    except ValueError:
+        raise UserError(f"--checkpoint torchvision:{tag} names weights of the model's architecture ({architecture!r}: "
+                        f"--model, else the protocol's), and torchvision has no model {architecture!r}; name the "
+                        f"weights in full, torchvision:<Enum>.<TAG>") from None
+    if tag not in enum.__members__:
+        raise UserError(f"torchvision has no weights {tag!r} for {architecture} "
+                        f"(its weights: {', '.join(enum.__members__)})")
+    member = enum[tag]
+    return f"{TORCHVISION}{type(member).__name__}.{member.name}"
+
+
+def qualify(checkpoint: str | None, model: str | None,
+            default_model: Callable[[], str]) -> tuple[str | None, str | None]:
+    """``(model, checkpoint)`` with what a ``--checkpoint`` form leaves implicit written out.
+
+    * ``torchvision:<TAG>``: the enum of ``model`` (else ``default_model()``, the protocol's);
+    * ``robustbench:...``: the entry's canonical reference and the model it is built on here
+      (a different ``--model`` is refused: the entry's architecture and input normalization are
+      what RobustBench evaluated);
+    * anything else passes unchanged.
+    """
+    if checkpoint is None:
+        return model, checkpoint
+    if checkpoint.startswith(ROBUSTBENCH):
+        from tta.models.robustbench import lookup
+
+        entry = lookup(checkpoint[len(ROBUSTBENCH):])
+        if model is not None and model != entry.model:
+            raise UserError(f"{entry.ref} is a {entry.architecture} ({entry.normalization()}), built here as model "
+                            f"{entry.model!r}, not {model!r}; drop --model or give --model {entry.model}")
+        return entry.model, entry.ref
+    tag = checkpoint[len(TORCHVISION):]
+    if checkpoint.startswith(TORCHVISION) and tag and "." not in tag:
+        return model, torchvision_enum_ref(tag, model or default_model())
+    return model, checkpoint
 
 
 def resolve_named(ref: str) -> Path | None:
