@@ -17,8 +17,9 @@ normalizes with the test batch's statistics, GroupNorm/LayerNorm as they are; se
    (affine parameters, optimizer, ``ema``): a collapsing model has a very low entropy.
 
 The logits returned are those of the first forward (before the step), as the reference.
-An empty ``S1`` or ``S2`` gives a zero gradient (the reference's mean over no sample, whose
-gradient is zero), and the SGD step is still taken, so momentum carries on as in the reference.
+An empty ``S1`` or ``S2`` gives a zero gradient (the mean over no sample is NaN, its gradient
+zero; the EMA and ``diverged`` skip that NaN), and the SGD step is still taken, so momentum
+carries on, as in the reference.
 
 Which layers train (``adapts``): all normalization layers except the top of the network, by
 name, as the reference's ``collect_params``: any name containing ``layer4`` (ResNets, e.g.
@@ -124,14 +125,15 @@ class SAR(AffineAdaptMethod):
         entropy = softmax_entropy(logits)
         threshold = entropy_margin(logits.shape[1], self.hp["e0_factor"])
         reliable = select(logits, entropy, threshold, None)
-        grads = torch.autograd.grad(_mean(entropy[reliable]), self.params, allow_unused=True)
+        # the mean of no sample is NaN and back-propagates zeros, as the reference's (no step skipped)
+        grads = torch.autograd.grad(entropy[reliable].mean(0), self.params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
         kept = []
 
         def sharp_loss() -> torch.Tensor:
             again = softmax_entropy(self.model(x))[reliable]
             kept.append(again[again < threshold])
-            return _mean(kept[0])
+            return kept[0].mean(0)
 
         loss = sharpness.perturbed_backward(self.params, sharpness.ascent(grads, self.hp["rho"]), sharp_loss)
         self.optimizer.step()
@@ -147,8 +149,3 @@ class SAR(AffineAdaptMethod):
     def update_ema(self, loss: float) -> None:
         """``ema <- loss`` at first, then ``0.9 ema + (1 - 0.9) loss`` (Python floats, as the reference)."""
         self.ema = loss if self.ema is None else EMA_MOMENTUM * self.ema + (1 - EMA_MOMENTUM) * loss
-
-
-def _mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values``; of no value: 0 with a zero gradient (the reference's NaN mean back-propagates zeros)."""
-    return values.mean(0) if values.numel() else values.sum()
