@@ -239,6 +239,13 @@ def test_robustbench_standard_runs_on_unnormalized_inputs(zoo_dir, tmp_path, mon
     normalized = (x - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     assert abs(scores(normalized)[1] - nll) > 1e-2  # normalizing the input would have shown
 
+    # the library path (tta.sweep, a script) writes the short form out the same way as the CLI
+    from tta.runner import Run, RunConfig
+
+    run = Run(RunConfig(protocol="cifar10c", method="source", checkpoint="robustbench:Standard",
+                        data_root=str(root), domains=["gaussian_noise"]))
+    assert run.model_name == "wrn28_10" and run.config.checkpoint == "robustbench:cifar10/corruptions/Standard"
+
 
 # --- torchvision:<TAG> --------------------------------------------------------------------------
 

@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.method or not args.protocol:
         raise UserError("--method and --protocol are required (see --list)")
-    from tta.models.pretrained import qualify
     from tta.models.seg_inference import parse_window
-    from tta.protocols import find_spec
     from tta.protocols.spec import parse_size
     from tta.runner import Run, RunConfig
     from tta.store import ResultStore
@@ -116,11 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     json_path = Path(args.json).expanduser() if args.json else None
     if json_path is not None:
         check_writable(json_path)
-    # torchvision:<TAG> and robustbench:<name> leave the architecture implicit: written out before the run
-    model, checkpoint = qualify(args.checkpoint, args.model, lambda: find_spec(args.protocol).model)
     config = RunConfig(
         protocol=args.protocol, method=args.method, hparams=parse_assignments(args.hp), seed=args.seed,
-        model=model, checkpoint=checkpoint, domains=domains,
+        model=args.model, checkpoint=args.checkpoint, domains=domains,
         severity=args.severity, batch_size=args.batch_size, n_examples=args.n_examples,
         scenario=args.scenario, data_root=args.data_root, device=args.device, compile=args.compile,
         input_size=parse_size(args.input_size, "--input-size") if args.input_size else None, split=args.split,

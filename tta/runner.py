@@ -24,7 +24,7 @@ import json
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -43,6 +43,7 @@ from tta import segmentation_metrics as _segmentation_metrics  # noqa: F401 - re
 from tta.methods.base import Method
 from tta.models import create_model, load_into
 from tta.models.checkpoint import checkpoint_meta, resolve as resolve_checkpoint
+from tta.models.pretrained import qualify
 from tta.models.seg_inference import sliding_window, window_text
 from tta.paths import data_root
 from tta.protocols import Protocol, find_spec
@@ -89,8 +90,10 @@ class Run:
     """A validated, ready-to-execute run. Construction checks every input before any work."""
 
     def __init__(self, config: RunConfig) -> None:
-        self.config = config
         spec = find_spec(config.protocol)
+        # torchvision:<TAG> and robustbench:<name> leave the architecture implicit: written out first
+        model, checkpoint = qualify(config.checkpoint, config.model, lambda: spec.model)
+        config = self.config = replace(config, model=model, checkpoint=checkpoint)
         self.method_cls = METHODS.get(config.method)
         self.method: Method = self.method_cls(**config.hparams)
         self.scenario = create_scenario(config.scenario or spec.scenario)
