@@ -1,8 +1,10 @@
-"""Leaderboard plots (matplotlib, headless ``Agg``): error vs severity, and per-domain bars.
+"""Leaderboard plots (matplotlib, headless ``Agg``): error vs severity, per-domain bars, error vs batch size,
+and error vs relative cost with the Pareto front.
 
-Both take the per-seed frame of :mod:`tta.leaderboard` (one row per method label, seed,
-severity, domain) and draw the mean over seeds with the standard deviation across seeds
-as error bars.
+The severity and bar plots take the per-seed frame of :mod:`tta.leaderboard` (one row per
+method label, seed, severity, domain); the batch-size and cost plots take the aggregated
+tables of :mod:`tta.leaderboard_views`. All draw the mean over seeds with the standard
+deviation across seeds as error bars. matplotlib is imported on first use only.
 """
 
 from __future__ import annotations
@@ -63,6 +65,58 @@ def domain_bars(df: pd.DataFrame, domains: list[str], title: str, path: Path) ->
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=min(4, len(order)))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def batch_size_plot(mean: pd.DataFrame, std: pd.DataFrame, title: str, path: Path) -> Path:
+    """Error vs batch size (log x), one line per method: ``mean``/``std`` are label x batch size (text)."""
+    plt = _pyplot()
+    sizes = [float(b) for b in mean.columns]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label in sorted(mean.index):
+        ax.errorbar(sizes, mean.loc[label].to_numpy(dtype=float), yerr=std.loc[label].fillna(0).to_numpy(dtype=float),
+                    marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([str(b) for b in mean.columns])
+    ax.minorticks_off()
+    ax.set_xlabel("batch size (log scale)")
+    ax.set_ylabel("error (%), mean over domains")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def cost_plot(table: pd.DataFrame, title: str, path: Path) -> Path:
+    """Error vs relative cost (log x), one point per method (± std over seeds), the Pareto front joined and filled.
+
+    ``table``: :func:`tta.leaderboard_views.cost_table` (index label; ``cost``, ``error``,
+    ``error_std``, ``pareto``); methods without a cost or error are left out.
+    """
+    plt = _pyplot()
+    points = table.dropna(subset=["cost", "error"])
+    front = points[points["pareto"]].sort_values(["cost", "error"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.step(front["cost"], front["error"], where="post", color="0.4", linewidth=1, zorder=1, label="Pareto front")
+    for label, p in points.iterrows():
+        on = bool(p["pareto"])
+        ax.errorbar([p["cost"]], [p["error"]], yerr=[0.0 if pd.isna(p["error_std"]) else p["error_std"]],
+                    marker="o", markersize=7, capsize=3, linestyle="none", zorder=2,
+                    markerfacecolor=None if on else "white")
+        ax.annotate(label + (" *" if on else ""), (p["cost"], p["error"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("relative cost: source images/s ÷ method images/s (log scale)")
+    ax.set_ylabel("error (%), mean over domains")
+    ax.set_title(title + "\n(filled, *: on the Pareto front)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
