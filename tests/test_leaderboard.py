@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from tta import leaderboard
+from tta.leaderboard_compare import compare_cells
 from tta.runner import Run, RunConfig
 from tta.store import ResultStore
 
@@ -64,7 +65,7 @@ def test_tables_exports_and_plots(store, tmp_path):
     readme = (out / "README.md").read_text()
     doc = (out / "smoke.md").read_text()
     links = re.findall(r"\]\(([^)]+)\)", readme + doc)
-    assert sum(link.endswith(".png") for link in links) == 3  # error-vs-severity + bars per severity
+    assert sum(link.endswith(".png") for link in links) == 4  # error-vs-severity + bars per severity + error-vs-cost
     for link in links:
         assert (out / link).is_file(), link
         if link.endswith(".png"):
@@ -73,6 +74,13 @@ def test_tables_exports_and_plots(store, tmp_path):
     assert f"checkpoint sha256 {rows[0]['checkpoint_sha256'][:12]}" in doc and "batch 32, 48 examples per domain" in doc
     assert rows[0]["git_rev"] in doc and "torch " in doc and "seeds 0, 1" in doc
     assert "| severity 3 " in readme and "| severity 5 " in readme
+    # the cost view of real runs: source is the unit, every method has a throughput and a peak memory
+    cost = doc[doc.index("\n## Cost"):]
+    for method in ("source", "alpha_bn"):
+        line = next(line for line in cost.splitlines() if line.startswith(f"| {method} "))
+        seeds, error, images_per_s, relative, seconds, peak = [c.strip() for c in line.split("|")[2:-2]]
+        assert seeds == "2" and float(images_per_s) > 0 and float(seconds) > 0 and float(peak) > 0
+        assert relative == "1.00" if method == "source" else float(relative) > 0
 
 
 def _shifted(rows, shift):
@@ -80,17 +88,29 @@ def _shifted(rows, shift):
     return [{**r, "error": r["error"] + shift(r)} for r in rows]
 
 
+def _compare(a_rows, b_rows):
+    return compare_cells(leaderboard.cell_frame(a_rows), leaderboard.cell_frame(b_rows))
+
+
 def test_compare_two_stores_and_two_revisions(store, tmp_path, capsys):
     shift = lambda r: 0.5 * r["seed"] + (1.0 if r["domain"] == "contrast-5" else 0.0)  # noqa: E731
     other = ResultStore(tmp_path / "b.sqlite")
     other.extend(_shifted([r for r in store.rows() if r["severity"] == 5], shift))  # severity-5 cells only
-    both, only_a, only_b = leaderboard.compare_frame(store.rows(), other.rows())
-    assert len(both) == 2 * 2 and only_a == 2 * 2 and only_b == 0
+    both, only_a, only_b = _compare(store.rows(), other.rows())
+    # 2 methods x (2 domains + mean) at severity 5 in both; the severity-3 ones only in A
+    assert len(both) == 2 * 3 and len(only_a) == 2 * 3 and len(only_b) == 0
+    assert set(only_a["domain"]) == {"gaussian_noise-3", "contrast-3", "mean"}
+    both = both.set_index(["label", "domain"])
     # delta = mean over seeds of the shift: (0 + 0.5) / 2 + 1 on contrast-5
-    cell = both.xs("contrast-5", level="domain").xs("alpha_bn", level="label")
-    assert cell["delta"].tolist() == [pytest.approx(1.25)]
-    gaussian = both.xs("gaussian_noise-5", level="domain")["delta"]
-    assert gaussian.tolist() == [pytest.approx(0.25)] * 2
+    assert both.at[("alpha_bn", "contrast-5"), "delta"] == pytest.approx(1.25)
+    assert both.xs("gaussian_noise-5", level="domain")["delta"].tolist() == [pytest.approx(0.25)] * 2
+    assert both.at[("source", "mean"), "delta"] == pytest.approx(0.75)  # per seed 0.5 and 1.0
+    # the seed spread of both sides: B's seeds moved apart by 0.5
+    cell_rows = [r for r in store.rows() if r["method"] == "source" and r["domain"] == "contrast-5"]
+    a_errors = [r["error"] for r in cell_rows]
+    assert both.at[("source", "contrast-5"), "std_A"] == pytest.approx(statistics.stdev(a_errors))
+    b_errors = [r["error"] + shift(r) for r in cell_rows]
+    assert both.at[("source", "contrast-5"), "std_B"] == pytest.approx(statistics.stdev(b_errors))
 
     # the same comparison as two git revisions of rows in one store
     merged = ResultStore(tmp_path / "merged.sqlite")
@@ -101,15 +121,16 @@ def test_compare_two_stores_and_two_revisions(store, tmp_path, capsys):
     assert leaderboard.main(["--compare", str(store.path), str(other.path)]) == 0
     by_store = capsys.readouterr().out
     assert by_revision.split("\n", 1)[1] == by_store.split("\n", 1)[1]  # same numbers, only the title differs
-    assert "Δ mean" in by_store and "4 cells present in both (4 only in A, 0 only in B)" in by_store
+    assert "6 cells present in both (6 only in A, 0 only in B" in by_store
+    assert "## Only in A (6 cells)" in by_store and "`alpha_bn`: gaussian_noise-3, contrast-3, mean" in by_store
 
 
 def test_compare_never_matches_cells_of_another_configuration(store, tmp_path, capsys):
     """More examples per domain is another cell, not a change of the same one."""
     other = ResultStore(tmp_path / "n96.sqlite")
     other.extend({**r, "n": 96} for r in store.rows())
-    both, only_a, only_b = leaderboard.compare_frame(store.rows(), other.rows())
-    assert both.empty and only_a == only_b == 8
+    both, only_a, only_b = _compare(store.rows(), other.rows())
+    assert both.empty and len(only_a) == len(only_b) == 2 * 2 * 3
     assert leaderboard.main(["--compare", str(store.path), str(other.path)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "no cell" in err[0]
@@ -176,7 +197,8 @@ def test_rows_differing_only_in_the_seed_are_averaged():
     assert records.at["mean", "error_mean"] == pytest.approx(statistics.mean(per_seed))
     assert records.at["mean", "error_std"] == pytest.approx(statistics.stdev(per_seed))
     doc = leaderboard.render(rows)["golden_proto"]
-    assert doc.count("\n## ") == 1 and "**14.17 ± 5.20**" in doc
+    # a method alone in its table has nothing to beat: not bold
+    assert doc.count("\n## ") == 1 and "| 14.17 ± 5.20 " in doc and "**" not in doc
 
 
 @pytest.mark.parametrize("field, other", [
@@ -198,7 +220,8 @@ def test_rows_differing_in_anything_but_the_seed_are_not_averaged(field, other):
     cells = records[records["domain"] == "sketch"]
     assert sorted(cells["error_mean"]) == [10.0, 30.0] and set(cells["seeds"]) == {1}, field
     doc = leaderboard.render(rows)["golden_proto"]
-    assert "20.00" not in doc and "±" not in doc.split("| method", 1)[1]
+    tables = doc.split("\n## Batch size")[0]  # (two batch sizes also make a batch-size view: 10.00 and 30.00 there)
+    assert "20.00" not in doc and "±" not in tables.split("| method", 1)[1]
 
 
 def test_a_missing_field_never_matches_a_recorded_one():

@@ -1,7 +1,8 @@
 """``python -m tta.leaderboard``: render the result store into leaderboards people read.
 
     python -m tta.leaderboard [--store FILE] [--out DIR] [--no-plots]
-    python -m tta.leaderboard --compare A B      # A, B: store files, or git revisions in --store
+    python -m tta.leaderboard --compare A B      # A, B: stores, leaderboard JSON files or folders,
+                                                 # or git revisions of rows in --store
 
 One table per run identity but the method and seed (:mod:`tta.cells`): protocol, dataset,
 data source and fingerprint, scenario, model and checkpoint hash, DG training method and
@@ -10,9 +11,14 @@ are two tables, never one mean. In a table: a row per method configuration (meth
 non-default hyperparameters), a column per domain in protocol order, ``mean`` (over domains)
 and ``avg rank`` (mean over domains of the method's rank in that domain). Values are the
 error (%) averaged over seeds, the only thing a cell averages over; ``±`` the standard
-deviation across seeds (ddof 1) where there are several; the best value of each column is
-bold; ``rank`` orders the methods by ``mean``. Each table's caption names every field its
-rows share, the seeds, and the software, device and git revision(s) of the rows.
+deviation across seeds (ddof 1) where there are several. The best value of a column is bold
+only where it is ahead of every other method by more than the seed spread (the larger of
+the two cells' std; :func:`tta.cells.separation`), and a note under the table names the
+pairs within it; ``rank`` orders the methods by ``mean``. Each table's caption names every
+field its rows share, the seeds, and the software, device and git revision(s) of the rows.
+After the tables, ``<protocol>.md`` holds the batch-size and cost views of
+:mod:`tta.leaderboard_views` (error vs batch size, all else equal; images/s relative to the
+bare model on the same machine, peak memory, and error vs cost with the Pareto front).
 
 Defaults never touch tracked files: ``--store`` is the user store
 (:func:`tta.paths.user_store`) and ``--out`` the user's leaderboard folder
@@ -21,21 +27,25 @@ Defaults never touch tracked files: ``--store`` is the user store
 markdown, CSV and JSON.
 
 Written to ``<out>/``: ``README.md`` (index: per protocol, error per severity and method,
-with plots), ``<protocol>.md`` (the full tables, with per-domain bar plots), and
+with plots), ``<protocol>.md`` (the full tables, with per-domain bar plots, then the views), and
 ``<protocol>.csv`` / ``<protocol>.json`` (the aggregated numbers, one record per method x
-domain x table) and PNG plots. ``--compare A B`` prints B - A for every cell present in both.
+domain x table) and PNG plots. ``--compare A B`` prints B - A for every cell present in both,
+with the seed spread of both sides, and lists the cells only one side has
+(:mod:`tta.leaderboard_compare`).
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from tta.cells import MISSING, TABLE_FIELDS, dedupe, digest, heading, identify, shared, varying_fields
+from tta.cells import (MISSING, SEPARATION_RULE, TABLE_FIELDS, caption, dedupe, digest, heading, identify, per_seed,
+                       separation, separation_note, slug, summary, varying_fields)
 from tta.cli import Parser, guarded
+from tta.leaderboard_compare import cells_from_frame, cells_from_records, compare_markdown, read_exports
+from tta.leaderboard_views import batch_size_sections, cost_sections
 from tta.errors import UserError
 from tta.paths import user_leaderboard_dir, user_store
 from tta.store import ResultStore
@@ -61,29 +71,17 @@ def _defaults(method: str) -> dict | None:
     return {k: p.default for k, p in METHODS.get(method).hparams.items()}
 
 
-def frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows -> one record per cell and seed, with ``label`` and the table key (:mod:`tta.cells`)."""
+def labelled(rows: list[dict]) -> pd.DataFrame:
+    """Rows -> frame with ``label`` and the table key (:mod:`tta.cells`), every row kept."""
     df = identify(rows)
     defaults = {m: _defaults(m) for m in df["method"].unique()}
     df["label"] = [method_label(m, h, defaults[m]) for m, h in zip(df["method"], df["hparams"])]
-    return dedupe(df)
+    return df
 
 
-def per_seed(group: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
-    """(label, seed) x domains in protocol order, plus ``mean`` over domains (only for a seed that has them all).
-
-    ``group`` is one table of :func:`frame`: at most one row per label, seed and domain.
-    """
-    order = group.sort_values(["domain_index", "domain"]).drop_duplicates("domain")["domain"].tolist()
-    values = group.pivot_table(index=["label", "seed"], columns="domain", values=metric, aggfunc="first")[order]
-    values["mean"] = values.mean(axis=1, skipna=False)
-    return values
-
-
-def summary(group: pd.DataFrame, metric: str = "error") -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
-    """Mean and std over seeds (label x domains+mean) and the number of seeds per label."""
-    by_method = per_seed(group, metric).groupby(level="label")
-    return by_method.mean(), by_method.std(ddof=1), by_method.size()
+def frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows -> one record per cell and seed (the newest), with ``label`` and the table key (:mod:`tta.cells`)."""
+    return dedupe(labelled(rows))
 
 
 def ranks(mean: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
@@ -93,11 +91,15 @@ def ranks(mean: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
             mean[domains].rank(method="min").mean(axis=1))
 
 
-def table(group: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
-    """The markdown table of one group: rank, seeds, one column per domain, mean, avg rank."""
+def table(group: pd.DataFrame, metric: str = "error") -> tuple[pd.DataFrame, str]:
+    """The markdown table of one group (rank, seeds, one column per domain, mean, avg rank) and its note.
+
+    Bold follows :func:`tta.cells.separation`; the note (:func:`tta.cells.separation_note`) names
+    the pairs within the seed spread.
+    """
     mean, std, seeds = summary(group, metric)
     rank, avg_rank = ranks(mean)
-    best = mean.min(axis=0).map(lambda v: f"{v:.2f}")  # as shown: equal shown values are both bold
+    verdicts = {column: separation(mean[column], std[column]) for column in mean.columns}
     cells = pd.DataFrame(index=mean.index, columns=mean.columns, dtype=object)
     for column in mean.columns:
         for label in mean.index:
@@ -105,14 +107,14 @@ def table(group: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
             text = "" if pd.isna(value) else f"{value:.2f}"
             if text and seeds[label] > 1 and not pd.isna(std.at[label, column]):
                 text += f" ± {std.at[label, column]:.2f}"
-            if text and f"{value:.2f}" == best[column]:
+            if text and verdicts[column].best == label:
                 text = f"**{text}**"
             cells.at[label, column] = text
     cells.insert(0, "seeds", seeds)
     cells.insert(0, "rank", rank)
     cells["avg rank"] = avg_rank.map(lambda r: f"{r:.2f}")
     cells.index.name = "method"
-    return cells.loc[sorted(mean.index, key=lambda label: (rank[label], label))]
+    return cells.loc[sorted(mean.index, key=lambda label: (rank[label], label))], separation_note(verdicts, seeds)
 
 
 def records(group: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
@@ -130,34 +132,6 @@ def records(group: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _values(group: pd.DataFrame, column: str) -> str:
-    values = sorted({str(v) for v in group[column].dropna()}) if column in group else []
-    return ", ".join(values) if values else "unknown"
-
-
-def _env_values(group: pd.DataFrame, key: str) -> str:
-    envs = group["env"].dropna() if "env" in group else []
-    values = sorted({str(e.get(key)) for e in envs if isinstance(e, dict)})
-    return ", ".join(values) if values else "unknown"
-
-
-def caption(group: pd.DataFrame, skip: tuple[str, ...] = ()) -> str:
-    """Where the numbers of one table come from, in one paragraph: every field its rows share.
-
-    The rows of a table differ only in method, domain and seed; ``skip`` names fields that
-    vary on purpose (the index's severity columns) and are listed instead.
-    """
-    first = group.iloc[0]
-    listed = "".join(f"; {f.replace('_', ' ')} {_values(group, f)}" for f in skip)
-    superseded = int(group["superseded"].iloc[0]) if "superseded" in group else 0
-    note = (f" {superseded} older row(s) with the same table, method, domain and seed were left out (newest kept)."
-            if superseded else "")
-    return (f"{shared(first, skip)}{listed}; seeds {_values(group, 'seed')} "
-            f"(a cell averages only over seeds). Rows from git {_values(group, 'git_rev')}, "
-            f"torch {_env_values(group, 'torch')} on {_env_values(group, 'device')} "
-            f"({_env_values(group, 'device_name')}), {_env_values(group, 'threads')} thread(s).{note}")
-
-
 def describe_protocol(protocol: str) -> str:
     """The spec's one-line description, when the protocol is still known to this checkout."""
     from tta.protocols import find_spec
@@ -166,10 +140,6 @@ def describe_protocol(protocol: str) -> str:
         return find_spec(protocol).description
     except UserError:
         return "(protocol spec not found in this checkout)"
-
-
-def _slug(*parts) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", "_".join(str(p) for p in parts)).strip("-").lower()[:80]
 
 
 def render(rows: list[dict], out: Path | None = None, plots: bool = True,
@@ -181,7 +151,8 @@ def render(rows: list[dict], out: Path | None = None, plots: bool = True,
     """
     if not rows:
         return {}
-    df = frame(rows)
+    every = labelled(rows)  # the cost view keeps one row per cell, seed and machine (env)
+    df = dedupe(every)
     docs: dict[str, str] = {}
     index = ["# Leaderboards\n", "Generated by `python -m tta.leaderboard` from the result store"
              + (f"; regenerate with `{regenerate}`" if regenerate else "")
@@ -190,7 +161,7 @@ def render(rows: list[dict], out: Path | None = None, plots: bool = True,
     for protocol, by_protocol in df.groupby("protocol", sort=True):
         parts = [f"# {protocol}\n", f"{describe_protocol(protocol)}.\n",
                  "Error (%) per domain, lower is better; mean over seeds (± std across seeds, "
-                 "ddof 1); best per column in bold; `rank` by mean, `avg rank` = mean over domains of the per-domain "
+                 f"ddof 1); {SEPARATION_RULE}; `rank` by mean, `avg rank` = mean over domains of the per-domain "
                  "rank. One table per checkpoint, data, scenario, batch size, examples per domain and severity: "
                  "a cell averages only rows that differ in nothing but the seed. "
                  "Generated by `python -m tta.leaderboard` from the result store.\n"]
@@ -202,17 +173,30 @@ def render(rows: list[dict], out: Path | None = None, plots: bool = True,
             fields = dict(zip(TABLE_FIELDS, key))
             parts.append(f"## {heading(fields, varying)}\n")
             parts.append(caption(group) + "\n")
-            parts.append(table(group).to_markdown(disable_numparse=True) + "\n")
+            cells, note = table(group)
+            parts.append(cells.to_markdown(disable_numparse=True) + "\n")
+            if note:
+                parts.append(note + "\n")
             exported.append(records(group))
             if out is not None and plots:
                 from tta.plots import domain_bars
 
-                name = f"{protocol}_{_slug(fields['scenario'], fields['model'], 'sev', fields['severity'])}_{digest(key)}.png"
+                name = f"{protocol}_{slug(fields['scenario'], fields['model'], 'sev', fields['severity'])}"
+                name += f"_{digest(key)}.png"
                 domains = per_seed(group).columns.drop("mean").tolist()
                 domain_bars(group, domains, f"{protocol} · {heading(fields, varying)}".replace("`", ""), out / name)
                 parts.append(f"![error per domain]({name})\n")
+        views = (batch_size_sections(protocol, by_protocol, out, plots),
+                 cost_sections(protocol, every[every["protocol"] == protocol], out, plots))
+        for view in views:
+            parts.extend(view)
         docs[protocol] = "\n".join(parts)
         index.extend(_index_section(protocol, by_protocol, out, plots))
+        counts = [sum(part.startswith("## ") for part in view) for view in views]
+        if any(counts):
+            index.append(f"In [{protocol}.md]({protocol}.md) after the tables: {counts[0]} batch-size view(s) "
+                         f"(error vs batch size, all else equal) and {counts[1]} cost view(s) (images/s relative to "
+                         "`source` on the same machine, peak memory, error vs cost with the Pareto front).\n")
         if out is not None:
             long = pd.concat(exported, ignore_index=True)
             long.to_csv(out / f"{protocol}.csv", index=False)
@@ -266,17 +250,24 @@ def _index_section(protocol: str, by_protocol: pd.DataFrame, out: Path | None, p
         if out is not None and plots and group["severity"].nunique() > 1:
             from tta.plots import severity_plot
 
-            name = f"{protocol}_{_slug(fields['scenario'], fields['model'])}_{digest(group['index_key'].iloc[0])}_severity.png"
+            name = f"{protocol}_{slug(fields['scenario'], fields['model'])}_{digest(group['index_key'].iloc[0])}"
+            name += "_severity.png"
             severity_plot(group, f"{protocol} · {title}".replace("`", ""), out / name)
             parts.append(f"![error vs severity]({name})\n")
     return parts
 
 
-def load_side(spec: str, store: Path) -> tuple[str, list[dict]]:
-    """``spec`` = a store file, or a git revision (prefix) of rows in ``store``: its latest row per cell."""
+def load_side(spec: str, store: Path) -> tuple[str, pd.DataFrame]:
+    """``spec`` -> (its name, its cells: :mod:`tta.leaderboard_compare`).
+
+    ``spec`` is a leaderboard JSON file (``<protocol>.json``) or folder (every ``*.json``), a
+    store file, or a git revision (prefix) of rows in ``store`` (its latest row per run and domain).
+    """
     path = Path(spec).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix == ".json"):
+        return str(path), read_exports(path)
     if path.is_file():
-        return str(path), ResultStore(path, read_only=True).rows()
+        return str(path), cell_frame(ResultStore(path, read_only=True).rows())
     if not store.is_file():
         raise UserError(f"--compare {spec!r}: not a file, and result store {str(store)!r} does not exist")
     all_rows = ResultStore(store, read_only=True).rows(latest_only=False)
@@ -285,44 +276,12 @@ def load_side(spec: str, store: Path) -> tuple[str, list[dict]]:
         revisions = sorted({str(r.get("git_rev")) for r in all_rows})
         raise UserError(f"--compare {spec!r}: neither a store file nor a git revision of rows in {store} "
                         f"(revisions there: {', '.join(revisions) or 'none'})")
-    return f"git {spec}", list(latest.values())
+    return f"git {spec}", cell_frame(list(latest.values()))
 
 
-def compare_frame(a_rows: list[dict], b_rows: list[dict]) -> tuple[pd.DataFrame, int, int]:
-    """Cells (table key, label, domain) present in both: mean error over seeds in A and B, ``delta`` = B - A.
-
-    Also returns how many cells only A and only B have. Cells are matched on the whole
-    identity but the seed, so a changed checkpoint, data, batch size or example count is
-    never compared as if it were the same cell.
-    """
-    means = [frame(rows).groupby(["table", "label", "domain"])["error"].mean() for rows in (a_rows, b_rows)]
-    both = pd.concat(means, axis=1, keys=["A", "B"], join="inner").dropna()
-    both["delta"] = both["B"] - both["A"]
-    return both, len(means[0]) - len(both), len(means[1]) - len(both)
-
-
-def compare(a: tuple[str, list[dict]], b: tuple[str, list[dict]]) -> str:
-    """Markdown: per table and method, mean error in A and B, B - A, and the largest per-domain change."""
-    both, only_a, only_b = compare_frame(a[1], b[1])
-    if both.empty:
-        raise UserError(f"{a[0]} and {b[0]} have no cell (same protocol, data, checkpoint, batch, method, domain, "
-                        "...) in common")
-    parts = [f"# Comparison: A = {a[0]}, B = {b[0]}\n",
-             f"Error (%), mean over seeds, on the {len(both)} cells present in both "
-             f"({only_a} only in A, {only_b} only in B). Δ = B - A (negative: B is better).\n"]
-    tables = sorted({key for key in both.index.get_level_values("table")})
-    varying = varying_fields(tables) | {"protocol"}
-    for key in tables:
-        group = both.xs(key, level="table")
-        per_label = group.groupby(level="label")
-        table_ = pd.DataFrame({"domains": per_label.size(), "A mean": per_label["A"].mean(),
-                               "B mean": per_label["B"].mean(), "Δ mean": per_label["delta"].mean(),
-                               "max abs Δ": per_label["delta"].apply(lambda d: d.abs().max()),
-                               "at domain": per_label["delta"].apply(lambda d: d.abs().idxmax()[-1])})
-        table_.index.name = "method"
-        parts.append(f"## {heading(dict(zip(TABLE_FIELDS, key)), varying)}\n")
-        parts.append(table_.sort_values(["A mean"], kind="stable").to_markdown(floatfmt=".2f") + "\n")
-    return "\n".join(parts)
+def cell_frame(rows: list[dict]) -> pd.DataFrame:
+    """Store rows -> the cells a leaderboard shows (mean and std over seeds per table, method and domain)."""
+    return cells_from_frame(frame(rows)) if rows else cells_from_records([])
 
 
 @guarded
@@ -337,14 +296,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="load a plugin file first (methods, dataset readers), so their rows render with their names")
     p.add_argument("--regenerate", metavar="COMMAND", help="the command that regenerates the store, for README.md")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
-                   help="print B - A; each a store file or a git revision (prefix) of rows in --store")
+                   help="print B - A per cell with the seed spread of both; each a store file, a leaderboard JSON "
+                        "file or folder, or a git revision (prefix) of rows in --store")
     args = p.parse_args(argv)
     from tta import plugins
 
     plugins.load_all(args.plugin)
     store = Path(args.store).expanduser() if args.store else user_store()
     if args.compare:
-        print(compare(load_side(args.compare[0], store), load_side(args.compare[1], store)))
+        print(compare_markdown(*load_side(args.compare[0], store), *load_side(args.compare[1], store)))
         return 0
     # every argument checked before the store is read or a folder created
     store = existing_file(store, "result store", "run `python -m tta.run ...` first, or give --store FILE")
