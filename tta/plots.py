@@ -9,6 +9,7 @@ deviation across seeds as error bars. matplotlib is imported on first use only.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -94,29 +95,45 @@ def batch_size_plot(mean: pd.DataFrame, std: pd.DataFrame, title: str, path: Pat
     return path
 
 
+def _times(value: float, _position=None) -> str:
+    """Log-axis tick text: ``1×``, ``2×``, ``5×``, ``10×``, ... (other minor ticks unlabelled)."""
+    if value <= 0:
+        return ""
+    mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}×" if mantissa in (1.0, 2.0, 5.0) else ""
+
+
 def cost_plot(table: pd.DataFrame, title: str, path: Path) -> Path:
-    """Error vs relative cost (log x), one point per method (± std over seeds), the Pareto front joined and filled.
+    """Error vs relative cost (log x where the costs span 3x or more), one point per method (± std over seeds), the Pareto front as a step line.
 
     ``table``: :func:`tta.leaderboard_views.cost_table` (index label; ``cost``, ``error``,
-    ``error_std``, ``pareto``); methods without a cost or error are left out.
+    ``error_std``, ``pareto``); methods without a cost or error are left out. Front members
+    are filled and starred in the legend, the others hollow.
     """
     plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter
+
     points = table.dropna(subset=["cost", "error"])
     front = points[points["pareto"]].sort_values(["cost", "error"])
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.step(front["cost"], front["error"], where="post", color="0.4", linewidth=1, zorder=1, label="Pareto front")
+    ax.step(front["cost"], front["error"], where="post", color="0.5", linewidth=1, zorder=1, label="Pareto front")
     for label, p in points.iterrows():
         on = bool(p["pareto"])
-        ax.errorbar([p["cost"]], [p["error"]], yerr=[0.0 if pd.isna(p["error_std"]) else p["error_std"]],
-                    marker="o", markersize=7, capsize=3, linestyle="none", zorder=2,
-                    markerfacecolor=None if on else "white")
-        ax.annotate(label + (" *" if on else ""), (p["cost"], p["error"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("relative cost: source images/s ÷ method images/s (log scale)")
+        line = ax.errorbar([p["cost"]], [p["error"]], yerr=[0.0 if pd.isna(p["error_std"]) else p["error_std"]],
+                           marker="o", markersize=7, capsize=3, linestyle="none", zorder=2,
+                           label=f"{label} {p['cost']:.2f}×" + (" *" if on else ""))
+        if not on:
+            line[0].set_markerfacecolor("white")
+    log = len(points) > 0 and points["cost"].max() >= 3 * points["cost"].min()  # linear over a narrow range
+    if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_times))
+        ax.xaxis.set_minor_formatter(FuncFormatter(_times))
+    ax.set_xlabel("relative cost: source images/s ÷ method images/s" + (" (log scale)" if log else ""))
     ax.set_ylabel("error (%), mean over domains")
-    ax.set_title(title + "\n(filled, *: on the Pareto front)", fontsize=9)
+    ax.set_title(title + "\n(*, filled: on the Pareto front)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
