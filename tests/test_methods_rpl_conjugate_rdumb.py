@@ -118,7 +118,8 @@ def test_conjugate_step_is_nesterov_sgd_and_the_prediction_comes_after_it():
     optimizer = torch.optim.SGD(probe_params, lr=1e-3, momentum=0.9, nesterov=True)
     for x in _batches(2):  # two steps: the second uses the momentum buffer
         h = probe(x) / 1.5
-        loss = (h.logsumexp(1) - (h.softmax(1) * h).sum(1)).mean()
+        p = h.softmax(1)  # before the logsumexp, as the authors: the same summation order of h's gradient
+        loss = (h.logsumexp(1) - (p * h).sum(1)).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
