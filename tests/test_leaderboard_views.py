@@ -182,6 +182,10 @@ def test_cost_table_numbers():
 def test_cost_view_golden_one_machine_per_table(tmp_path):
     doc, _ = _doc(_cost_rows(), tmp_path)
     _golden("leaderboard_cost.md", doc[doc.index("\n## Cost") + 1:])
+    # the same rows stored in another order (the GPU rows still the newer ones): the same document
+    rows = _cost_rows()
+    reordered = [r for r in rows if r["env"] == CPU][::-1] + [r for r in rows if r["env"] == GPU][::-1]
+    assert _doc(reordered, tmp_path / "reordered")[0] == doc
     sections = re.findall(r"\n## Cost · [^\n]*", doc)
     assert len(sections) == 2  # one view (severities 3 and 5 together), two machines
     machine = {name: leaderboard.digest((json.dumps(env, sort_keys=True),))

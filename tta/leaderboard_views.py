@@ -33,6 +33,7 @@ A cost view exists where some row there records ``method_s`` and ``n``.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -174,7 +175,9 @@ def cost_table(group: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
                          method_s_=pd.to_numeric(group["method_s"], errors="coerce"),
                          peak_=pd.to_numeric(group.get("peak_mem_mb"), errors="coerce"))
     ok = timed[(timed["method_s_"] > 0) & timed["n_"].notna()]
-    throughput = ok.groupby("label")["n_"].sum() / ok.groupby("label")["method_s_"].sum()
+    # exactly rounded sums (math.fsum): the same rows in any store order give the same digits
+    seconds = ok.groupby("label")["method_s_"].agg(math.fsum)
+    throughput = ok.groupby("label")["n_"].agg(math.fsum) / seconds
     error, severities = _error(group)
     labels = sorted(set(group["label"]))
     table_ = pd.DataFrame(index=pd.Index(labels, name="method"))
@@ -184,7 +187,7 @@ def cost_table(group: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     table_["images_per_s"] = throughput.reindex(labels)
     source = table_["images_per_s"].get(SOURCE, float("nan"))
     table_["cost"] = source / table_["images_per_s"]
-    table_["method_s"] = ok.groupby("label")["method_s_"].mean().reindex(labels)
+    table_["method_s"] = (seconds / ok.groupby("label").size()).reindex(labels)
     table_["peak_mem_mb"] = timed.groupby("label")["peak_"].max().reindex(labels)
     front = pareto_front(table_)
     table_["pareto"] = [label in front for label in labels]
