@@ -379,3 +379,29 @@ def test_a_non_mmseg_mismatch_keeps_the_generic_message(tmp_path):
     with pytest.raises(UserError, match=r"does not fit model StreetSeg: .*missing keys") as info:
         load_into(create_model("street_seg", 7, "segmentation").net, str(tmp_path / "b.pt"))
     assert "mmseg's layout" not in str(info.value)
+
+
+# --- timm:<model>.<tag>: the tag's input normalization ------------------------------------------------
+
+
+def test_timm_tag_sets_the_input_normalization_of_a_model_created_by_name(noise_root, monkeypatch):
+    from types import SimpleNamespace
+
+    from tta import runner as runner_module
+    from tta.runner import Run, RunConfig
+
+    # no weights are read here (offline): the loader is replaced, the normalization is what is checked
+    monkeypatch.setattr(runner_module, "load_into", lambda *args, **kwargs: SimpleNamespace(sha256="0" * 64))
+    for tag, mean in (("clip_laion2b", (0.48145466, 0.4578275, 0.40821073)), ("fb_in1k", (0.485, 0.456, 0.406))):
+        run = Run(RunConfig(protocol="cifar10c", method="source", model="convnext_base", data_root=str(noise_root),
+                            checkpoint=f"timm:convnext_base.{tag}", domains=["gaussian_noise"]))
+        assert run.model.mean.flatten().tolist() == pytest.approx(mean)
+
+
+def test_registered_model_with_another_normalization_than_the_timm_tag_is_refused(noise_root):
+    from tta.runner import Run, RunConfig
+
+    with pytest.raises(UserError, match=r"model 'resnet20' is registered with input mean .* but "
+                                        r"timm:convnext_base.clip_laion2b was trained with mean"):
+        Run(RunConfig(protocol="cifar10c", method="source", model="resnet20", data_root=str(noise_root),
+                      checkpoint="timm:convnext_base.clip_laion2b", domains=["gaussian_noise"]))

@@ -43,7 +43,7 @@ from tta import segmentation_metrics as _segmentation_metrics  # noqa: F401 - re
 from tta.methods.base import Method
 from tta.models import create_model, load_into
 from tta.models.checkpoint import checkpoint_meta, resolve as resolve_checkpoint
-from tta.models.pretrained import qualify
+from tta.models.pretrained import qualify, timm_normalization
 from tta.models.seg_inference import sliding_window, window_text
 from tta.paths import data_root
 from tta.protocols import Protocol, find_spec
@@ -57,6 +57,10 @@ from tta.streams import shuffled, to_tensor
 SEQUENCE_CLAIM = "*sequence*"
 #: seconds between two looks at a cell another process holds
 WAIT_POLL_S = 1.0
+
+
+#: checkpoint references that name published or built-in weights (never a tta.train checkpoint)
+NAMED_WEIGHTS = ("builtin:", "timm:", "torchvision:", "robustbench:")
 
 
 @dataclass
@@ -120,6 +124,7 @@ class Run:
                    else f"model {self.model_name!r} is not the protocol's model ({spec.model})")
             raise UserError(f"{why}; give --checkpoint PATH or URL")
         self.model = create_model(self.model_name, spec.num_classes, spec.task)
+        self._normalize_as_trained()
         #: identity and row ``extra`` of sliding-window inference (absent for whole-image inference)
         self.window_extra = {}
         if config.sliding_window:
@@ -129,7 +134,8 @@ class Run:
             loaded = load_into(self.model.net, self.checkpoint,
                                spec.checkpoint_sha256 if not config.checkpoint else None)
         except UserError as exc:
-            hint = "" if config.model else "; if it holds another architecture, name it with --model"
+            named = self.checkpoint.startswith(NAMED_WEIGHTS)  # names its architecture itself
+            hint = "" if config.model or named else "; if it holds another architecture, name it with --model"
             raise UserError(f"{exc}{hint}") from None
         self.checkpoint_sha256 = loaded.sha256
         self.protocol.reader.check(self.domains, self.protocol.root)
@@ -142,6 +148,23 @@ class Run:
         #: the data root is part of the identity only where data is read from it
         self.data_root = None if self.data_fingerprint == PROCEDURAL else str(self.protocol.root)
         self.run_key = self._run_key()
+
+    def _normalize_as_trained(self) -> None:
+        """``timm:<model>.<tag>`` weights carry their own input normalization: a timm model created by
+        name takes it; a registered model whose declared normalization differs is refused."""
+        trained = timm_normalization(self.checkpoint)
+        if trained is None or not hasattr(self.model, "mean"):
+            return
+        declared = (tuple(self.model.mean.flatten().tolist()), tuple(self.model.std.flatten().tolist()))
+        if self.model_name in MODELS:
+            if any(abs(a - b) > 1e-6 for a, b in zip(sum(declared, ()), sum(trained, ()))):
+                raise UserError(f"model {self.model_name!r} is registered with input mean {declared[0]} and std "
+                                f"{declared[1]}, but {self.checkpoint} was trained with mean {trained[0]} and std "
+                                f"{trained[1]}; register the model with its weights' normalization")
+            return
+        with torch.no_grad():
+            self.model.mean.copy_(torch.tensor(trained[0]).view_as(self.model.mean))
+            self.model.std.copy_(torch.tensor(trained[1]).view_as(self.model.std))
 
     def _source_images(self) -> SourceImages | None:
         """The reader's clean source images when the method wants some; refuse when it has none."""
@@ -167,7 +190,7 @@ class Run:
     @staticmethod
     def _checkpoint_meta(checkpoint: str | None) -> dict[str, Any]:
         """What a ``tta.train`` checkpoint says about itself (model, training method, weights); ``{}`` else."""
-        if not checkpoint or "://" in checkpoint or checkpoint.startswith("builtin:"):
+        if not checkpoint or "://" in checkpoint or checkpoint.startswith(NAMED_WEIGHTS):
             return {}
         return checkpoint_meta(resolve_checkpoint(checkpoint))
 

@@ -97,6 +97,23 @@ def cached_hf_file(repo_dir: Path, filename: str) -> Path | None:
     return found[0] if found else None
 
 
+def timm_normalization(ref: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` the weights ``timm:<model>.<tag>`` were trained with (timm's pretrained config of
+    that tag: tags of one architecture differ, e.g. ``convnext_base.clip_laion2b`` uses CLIP's mean
+    and std, ``convnext_base.fb_in1k`` ImageNet's); ``None`` for any other reference or unknown tag."""
+    if not ref.startswith("timm:"):
+        return None
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(ref[len("timm:"):])
+    except RuntimeError:
+        return None
+    if cfg is None or cfg.mean is None or cfg.std is None:
+        return None
+    return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+
+
 def timm_weights(name: str) -> Path:
     """``resnet50.a1_in1k`` -> timm's weights file, from the hub cache (or torch.hub's for URL-only weights)."""
     from timm.models import get_pretrained_cfg
