@@ -24,6 +24,8 @@ ROWS = [
     _row("source", "fog", 1, 50.0, [50.0] * 7, 0),
     _row("alpha_bn", "night", 0, 60.0, [60.0] * 7, 1),
     _row("alpha_bn", "fog", 0, 10.0, [10.0] * 7, 0),
+    _row("alpha_bn", "night", 1, 62.0, [62.0] * 7, 1),
+    _row("alpha_bn", "fog", 1, 12.0, [12.0] * 7, 0),
 ]
 
 
@@ -34,10 +36,12 @@ def test_tables_average_seeds_bold_the_best_and_name_the_classes():
     assert header.split("|")[2].strip() == "fog" and header.split("|")[3].strip() == "night"  # protocol order
     source = next(line for line in lines if line.startswith("| source") and "±" in line)
     cells = [c.strip() for c in source.split("|")[2:-1]]
-    # mean: per-seed means over domains are 30 and 40 -> 35 ± 7.1; alpha_bn ties at 35: both bold
-    assert cells == ["**45.0 ± 7.1**", "25.0 ± 7.1", "**35.0 ± 7.1**"]
+    # mean: per-seed means over domains are 30 and 40 -> 35 ± 7.1; alpha_bn's are 35 and 37 -> 36 ± 1.4,
+    # ahead by 1.0, within the larger spread 7.1: not bold, and the note under the table says so
+    assert cells == ["**45.0 ± 7.1**", "25.0 ± 7.1", "35.0 ± 7.1"]
     alpha = next(line for line in lines if line.startswith("| alpha_bn"))
-    assert [c.strip() for c in alpha.split("|")[2:-1]] == ["10.0", "**60.0**", "**35.0**"]
+    assert [c.strip() for c in alpha.split("|")[2:-1]] == ["11.0 ± 1.4", "**61.0 ± 1.4**", "36.0 ± 1.4"]
+    assert "`mean`: alpha_bn vs source (Δ 1.0" in text
     assert "| road " in text and "| person " in text
     night_table = text.split("### night")[1]
     assert "sidewalk" in night_table and "–" in night_table  # class without a union in every seed

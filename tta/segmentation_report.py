@@ -9,7 +9,9 @@ IoU per class, percent, ``None`` where a class has an empty union) — see
 * per domain, a per-class IoU table: a row per method, a column per class, then ``mIoU``.
 
 Values are means over seeds (``±`` standard deviation, ddof 1, where there are several);
-the best value of each column is bold. Class names come from the dataset reader's
+bold follows the one rule of :mod:`tta.cells` (:data:`~tta.cells.SEPARATION_RULE`): the best
+value of a column only where it is ahead of every other method by more than the seed spread,
+with a note under the mIoU table naming the pairs that are not. Class names come from the dataset reader's
 ``classes`` when it has them.
 
 Tables follow the one grouping rule of :mod:`tta.cells`: one table per run identity but the
@@ -23,9 +25,11 @@ import math
 from collections import defaultdict
 from statistics import mean, stdev
 
+import pandas as pd
 from tabulate import tabulate
 
-from tta.cells import MISSING, TABLE_FIELDS, dedupe, describe, digest, identify, shared, varying_fields
+from tta.cells import (MISSING, SEPARATION_RULE, TABLE_FIELDS, Separation, dedupe, describe, digest, identify,
+                       separation, separation_note, shared, varying_fields)
 
 
 def method_label(row: dict) -> str:
@@ -47,29 +51,30 @@ def class_names(dataset: str | None, count: int) -> list[str]:
     return list(names) if names and len(names) == count else [str(i) for i in range(count)]
 
 
-def _cell(values: list[float]) -> tuple[float, str]:
+def _cell(values: list[float]) -> tuple[float, str, float]:
+    """(mean, text, std over seeds; NaN for one value)."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
-        return math.nan, "–"
+        return math.nan, "–", math.nan
     centre = mean(values)
-    text = f"{centre:.1f}" + (f" ± {stdev(values):.1f}" if len(values) > 1 else "")
-    return centre, text
+    spread = stdev(values) if len(values) > 1 else math.nan
+    text = f"{centre:.1f}" + (f" ± {spread:.1f}" if len(values) > 1 else "")
+    return centre, text, spread
 
 
-def _bold_best(cells: dict[str, dict[str, tuple[float, str]]], columns: list[str]) -> list[list[str]]:
-    """Rows sorted by the last column (best first, then by name); the best value of each column bold (as shown)."""
-    def shown(method: str, column: str) -> str:
-        return cells[method][column][1].split(" ± ")[0]
-
-    best = {}
-    for c in columns:
-        present = [m for m in cells if not math.isnan(cells[m][c][0])]
-        best[c] = shown(max(present, key=lambda m: cells[m][c][0]), c) if present else None
+def _bold_best(cells: dict[str, dict[str, tuple[float, str, float]]],
+               columns: list[str]) -> tuple[list[list[str]], dict[str, Separation]]:
+    """Rows sorted by the last column (best first, then by name), the bold rule of :mod:`tta.cells` applied
+    per column (values as shown, one decimal); also the per-column verdicts, for the note."""
+    verdicts = {c: separation(pd.Series({m: cells[m][c][0] for m in cells}, dtype=float),
+                              pd.Series({m: cells[m][c][2] for m in cells}, dtype=float),
+                              higher_is_better=True, digits=1) for c in columns}
     last = columns[-1]
     order = sorted(cells, key=lambda m: (math.isnan(cells[m][last][0]),
                                          -cells[m][last][0] if not math.isnan(cells[m][last][0]) else 0, m))
-    return [[m] + [f"**{cells[m][c][1]}**" if best[c] is not None and shown(m, c) == best[c] and
-                   not math.isnan(cells[m][c][0]) else cells[m][c][1] for c in columns] for m in order]
+    table = [[m] + [f"**{cells[m][c][1]}**" if verdicts[c].best == m else cells[m][c][1] for c in columns]
+             for m in order]
+    return table, verdicts
 
 
 def segmentation_tables(rows: list[dict]) -> dict[str, str]:
@@ -106,7 +111,7 @@ def _render_group(fields: dict[str, str], varying: set[str], group: list[tuple[s
     note = (f" {superseded} older row(s) with the same table, method, domain and seed were left out (newest kept)."
             if superseded else "")
     lines = [title, "", shared(fields) + f"; seeds {seeds} (a cell averages only over seeds).{note}", "",
-             "mIoU (%), higher is better; `mean` over domains.", ""]
+             f"mIoU (%), higher is better; `mean` over domains; {SEPARATION_RULE}.", ""]
     cells = {}
     for method, per_domain in by_method.items():
         cells[method] = {d: _cell([r["extra"]["miou"] for r in per_domain.get(d, [])]) for d in domains}
@@ -117,7 +122,13 @@ def _render_group(fields: dict[str, str], varying: set[str], group: list[tuple[s
         complete = [mean(v) for v in per_seed.values() if len(v) == len(domains)]
         cells[method]["mean"] = _cell(complete)
     columns = [*domains, "mean"]
-    lines.append(tabulate(_bold_best(cells, columns), headers=["method", *columns], tablefmt="github"))
+    table, verdicts = _bold_best(cells, columns)
+    lines.append(tabulate(table, headers=["method", *columns], tablefmt="github"))
+    seed_counts = pd.Series({m: len({r.get("seed") for rows in per_domain.values() for r in rows})
+                             for m, per_domain in by_method.items()})
+    spread_note = separation_note(verdicts, seed_counts)
+    if spread_note:
+        lines += ["", spread_note]
     group = [row for _, row in group]
     dataset = group[0].get("dataset")
     for domain in domains:
@@ -133,6 +144,6 @@ def _render_group(fields: dict[str, str], varying: set[str], group: list[tuple[s
                                  for i, name in enumerate(names)}
             per_class[method]["mIoU"] = _cell([r["extra"]["miou"] for r in domain_rows])
         lines += ["", f"### {domain}: per-class IoU (%)", ""]
-        lines.append(tabulate(_bold_best(per_class, [*names, "mIoU"]), headers=["method", *names, "mIoU"],
+        lines.append(tabulate(_bold_best(per_class, [*names, "mIoU"])[0], headers=["method", *names, "mIoU"],
                               tablefmt="github"))
     return "\n".join(lines) + "\n"
