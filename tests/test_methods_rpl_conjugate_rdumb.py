@@ -246,6 +246,23 @@ def test_batch_of_one_image_adapts_on_its_spatial_statistics(name):
         assert method.updates == 1
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_group_norm_and_layer_norm_models_adapt_their_affine_parameters(name):
+    """No BatchNorm: the GroupNorm and LayerNorm affine parameters are the ones trained (AffineAdaptMethod)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.LayerNorm(8),
+                                torch.nn.Linear(8, 10)).eval()
+    method = RDumb(lr=0.01, e0_factor=10.0) if name == "rdumb" else METHODS[name]()
+    method.setup(model)
+    norms = (model[1], model[5])
+    assert [id(p) for p in method.params] == [id(p) for m in norms for p in (m.weight, m.bias)]
+    before = [p.clone() for p in method.params]
+    method.forward(_batches(1)[0])
+    assert all(not torch.equal(a, b) for a, b in zip(before, method.params))
+    assert not any(p.requires_grad for p in (model[0].weight, model[6].weight))
+
+
 # -- through the runner (labels never reach a method) -----------------------------------------------------
 
 

@@ -34,8 +34,7 @@ affine parameters train too (tta's normalization-agnostic recipe, :mod:`tta.meth
 
 Batch size 1: the loss of the single image has a gradient; conv layers normalize with its
 spatial statistics and a layer with one value per channel refuses (see
-:mod:`tta.methods.affine_adapt`). (The authors' ``torch.squeeze(y_star)`` breaks on a batch of
-one; this loss does not.)
+:mod:`tta.methods.affine_adapt`).
 """
 
 from __future__ import annotations
