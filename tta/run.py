@@ -10,12 +10,15 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
+import tta
 from tta.cli import Parser, guarded
 from tta.errors import UserError
 from tta.hparams import parse_assignments
 from tta.paths import user_store
+from tta.status_line import RunProgress
 
 DEFAULT_STORE = user_store()
 
@@ -52,6 +55,8 @@ def build_parser() -> Parser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--force", action="store_true", help="recompute cells already in the store")
     p.add_argument("--compile", action="store_true", help="torch.compile the adapted model (needs a C++ compiler on CPU)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print the time from start-up to the end of the first batch, and its parts")
     p.add_argument("--list", action="store_true", help="list methods, protocols, models, scenarios")
     return p
 
@@ -122,17 +127,30 @@ def main(argv: list[str] | None = None) -> int:
         input_size=parse_size(args.input_size, "--input-size") if args.input_size else None, split=args.split,
         sliding_window=parse_window(args.sliding_window) if args.sliding_window else None,
     )
+    set_up_at = time.perf_counter()
     run = Run(config)  # every input validated before the store is touched: a failed start creates nothing
+    built_at = time.perf_counter()
     store = None if args.no_store else ResultStore(args.store)
     print(f"{run.protocol.name} / {run.scenario_name} / {run.method.name} {run.method.hp or ''} "
           f"seed {config.seed} / {run.model_name} ({run.checkpoint_sha256[:12]})", file=sys.stderr)
     fresh: list[str] = []
 
+    progress = RunProgress(sys.stderr)
+
     def show(row: dict) -> None:
+        progress.clear()
         fresh.append(row["domain"])
         print(format_row(row), flush=True)
+        if args.verbose and len(fresh) == 1 and run.first_batch_s is not None:
+            print(f"time to first batch {run.first_batch_s:.2f} s after tta was imported: imports and arguments "
+                  f"{set_up_at - tta.STARTED:.2f} s; protocol, model and method set-up {built_at - set_up_at:.2f} s; "
+                  f"the rest (data, first batch) {run.first_batch_s - (built_at - tta.STARTED):.2f} s",
+                  file=sys.stderr, flush=True)
 
-    rows = run.execute(store, force=args.force, on_row=show)
+    try:
+        rows = run.execute(store, force=args.force, on_row=show, on_batch=progress)
+    finally:
+        progress.clear()
     stored = [r for r in rows if r["domain"] not in fresh]
     for row in stored:
         print(format_row(row) + "  (stored)")

@@ -58,6 +58,9 @@ SEQUENCE_CLAIM = "*sequence*"
 #: seconds between two looks at a cell another process holds
 WAIT_POLL_S = 1.0
 
+#: ``on_batch(index, total, key, batches, images, batch_images)``, see :meth:`Run.execute`
+BatchCallback = Callable[[int, int, str, int, int, int], None]
+
 
 #: checkpoint references that name published or built-in weights (never a tta.train checkpoint)
 NAMED_WEIGHTS = ("builtin:", "timm:", "torchvision:", "robustbench:")
@@ -98,6 +101,7 @@ class Run:
         # torchvision:<TAG> and robustbench:<name> leave the architecture implicit: written out first
         model, checkpoint = qualify(config.checkpoint, config.model, lambda: spec.model)
         config = self.config = replace(config, model=model, checkpoint=checkpoint)
+        self.first_batch_s: float | None = None
         self.method_cls = METHODS.get(config.method)
         self.method: Method = self.method_cls(**config.hparams)
         self.scenario = create_scenario(config.scenario or spec.scenario)
@@ -229,8 +233,15 @@ class Run:
         }
 
     def execute(self, store: ResultStore | None = None, force: bool = False,
-                on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                on_row: Callable[[dict[str, Any]], None] | None = None,
+                on_batch: BatchCallback | None = None) -> list[dict[str, Any]]:
         """Run every unfinished segment; return the rows of all segments (stored ones included).
+
+        ``on_batch(index, total, key, batches, images, batch_images)`` is called after every batch (the
+        segment's position, the number of segments and its key, the segment's batches and images so
+        far, this batch's images),
+        e.g. by a progress line. ``first_batch_s`` holds the seconds from the package's import to
+        the end of the run's first batch (``tta.STARTED``), once there was one.
 
         Each independent segment is claimed before it is computed; one another process holds
         is done last, after waiting for that process's row (or for its claim to lapse). A
@@ -273,7 +284,9 @@ class Run:
                             continue
                     if segment.reset_before:
                         self.method.reset()
-                    row = {**base, **self.run_segment(segment, claims.renewer(segment.key)), "domain_index": index}
+                    row = {**base, **self.run_segment(segment, claims.renewer(segment.key),
+                                                      _indexed(on_batch, index, len(segments))),
+                           "domain_index": index}
                     if segment.key in finished:
                         continue  # recomputed only to reach the state of later segments
                     row["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -293,7 +306,8 @@ class Run:
         by_domain.update({r["domain"]: r for r in rows})
         return [by_domain[key] for key in keys if key in by_domain]
 
-    def run_segment(self, segment: Segment, heartbeat: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    def run_segment(self, segment: Segment, heartbeat: Callable[[], None] = lambda: None,
+                    on_batch: Callable[[str, int, int, int], None] | None = None) -> dict[str, Any]:
         metrics = TASKS.get(self.protocol.spec.task)(self.protocol.spec.num_classes)
         method_s = 0.0
         cuda = self.device.type == "cuda"
@@ -303,6 +317,7 @@ class Run:
         started = time.perf_counter()
         stream, data_source = segment.open()
         nonfinite_resets = 0
+        batches = images = 0
         for batch in stream:
             tick = time.perf_counter()
             with grad_context():
@@ -318,6 +333,11 @@ class Run:
                 self.method.reset()
                 nonfinite_resets += 1
             heartbeat()
+            batches, images = batches + 1, images + len(batch.x)
+            if self.first_batch_s is None:
+                self.first_batch_s = time.perf_counter() - tta.STARTED
+            if on_batch is not None:
+                on_batch(segment.key, batches, images, len(batch.x))
         wall_s = time.perf_counter() - started
         result = metrics.compute()
         return {
@@ -425,6 +445,13 @@ def _stored_rows(store: ResultStore | None, run_key: str, keys: list[str]) -> li
         return []
     latest = {r["domain"]: r for r in store.rows() if r["run_key"] == run_key}
     return [latest[key] for key in keys if key in latest]
+
+
+def _indexed(on_batch: BatchCallback | None, index: int, total: int) -> Callable[[str, int, int, int], None] | None:
+    """``on_batch`` with the segment's position bound (``None`` stays ``None``)."""
+    if on_batch is None:
+        return None
+    return lambda key, batches, images, delta: on_batch(index, total, key, batches, images, delta)
 
 
 def _peak_memory_mb(device: torch.device) -> float:

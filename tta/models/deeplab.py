@@ -23,10 +23,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet50, resnet101
-from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
-
 from tta.errors import UserError
 from tta.models.registry import register_model
 
@@ -59,8 +55,18 @@ def refuse_mmseg_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
                     "(wrap mmseg's own model as a plugin, see methods/README.md)")
 
 
-class DeepLabV3Logits(DeepLabV3):
-    """torchvision's DeepLabV3 returning the ``out`` logits tensor."""
+class DeepLabV3Logits(nn.Module):
+    """torchvision's DeepLabV3 (same modules, same state-dict keys ``backbone.*`` / ``classifier.*``)
+    returning the logits tensor, upsampled bilinearly to the input size as torchvision's ``forward``.
+
+    torchvision is imported only when such a model is built (``_deeplabv3``): importing it costs
+    about 1.3 s, which every other run would pay at start-up.
+    """
+
+    def __init__(self, backbone: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = classifier
 
     @property
     def encoder(self) -> nn.Module:
@@ -71,10 +77,16 @@ class DeepLabV3Logits(DeepLabV3):
         return self.classifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x)["out"]
+        logits = self.classifier(self.backbone(x)["out"])
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _deeplabv3(resnet, num_classes: int) -> DeepLabV3Logits:
+def _deeplabv3(depth: int, num_classes: int) -> DeepLabV3Logits:
+    from torchvision.models import resnet50, resnet101
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+
+    resnet = {50: resnet50, 101: resnet101}[depth]
     backbone = resnet(weights=None, replace_stride_with_dilation=[False, True, True])
     return DeepLabV3Logits(IntermediateLayerGetter(backbone, {"layer4": "out"}), DeepLabHead(2048, num_classes))
 
@@ -82,13 +94,13 @@ def _deeplabv3(resnet, num_classes: int) -> DeepLabV3Logits:
 @register_model("deeplabv3_resnet50", drop_keys=TORCHVISION_AUX, remap_keys=refuse_mmseg_layout)
 def deeplabv3_resnet50(num_classes: int = 19) -> DeepLabV3Logits:
     """DeepLabV3, ResNet-50 (torchvision layout, output stride 8); give --checkpoint."""
-    return _deeplabv3(resnet50, num_classes)
+    return _deeplabv3(50, num_classes)
 
 
 @register_model("deeplabv3_resnet101", drop_keys=TORCHVISION_AUX, remap_keys=refuse_mmseg_layout)
 def deeplabv3_resnet101(num_classes: int = 19) -> DeepLabV3Logits:
     """DeepLabV3, ResNet-101 (torchvision layout, output stride 8); give --checkpoint."""
-    return _deeplabv3(resnet101, num_classes)
+    return _deeplabv3(101, num_classes)
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:

@@ -16,20 +16,7 @@ import math
 import time
 from typing import Callable, TextIO
 
-CLEAR = "\r\x1b[K"
-
-
-def duration(seconds: float) -> str:
-    """``1h02m``, ``3m07s``, ``42s``."""
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
+from tta.status_line import CLEAR, duration
 
 class Progress:
     """Feed it every log line (``on_line``); it prints the status and the evaluation lines."""
