@@ -51,12 +51,15 @@ from tta.protocols.base import SourceImages
 from tta.registry import METHODS, MODELS, TASKS
 from tta.scenarios import Segment, StreamSettings, create_scenario
 from tta.store import BUSY, CLAIM_TTL_S, CLAIMED, DONE, ResultStore, new_owner
-from tta.streams import shuffled, to_tensor
+from tta.streams import prefetch, shuffled, to_tensor
 
 #: the whole sequence of a non-independent scenario is claimed as one unit under this domain name
 SEQUENCE_CLAIM = "*sequence*"
 #: seconds between two looks at a cell another process holds
 WAIT_POLL_S = 1.0
+
+#: batches prepared ahead on a background thread while the method runs (:func:`tta.streams.prefetch`; 0: none)
+PREFETCH_DEPTH = 2
 
 #: ``on_batch(index, total, key, batches, images, batch_images)``, see :meth:`Run.execute`
 BatchCallback = Callable[[int, int, str, int, int, int], None]
@@ -318,7 +321,7 @@ class Run:
         stream, data_source = segment.open()
         nonfinite_resets = 0
         batches = images = 0
-        for batch in stream:
+        for batch in prefetch(stream, PREFETCH_DEPTH):
             tick = time.perf_counter()
             with grad_context():
                 extras = {k: batch.extras[k] for k in self.method.side_inputs}

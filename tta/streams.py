@@ -7,8 +7,10 @@ ever read. Images stay uint8 until their batch is converted: ``x = uint8 / 255``
 
 from __future__ import annotations
 
+import queue
+import threading
 import zlib
-from typing import Iterator
+from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -47,3 +49,57 @@ def shuffled(n: int, seed: int, key: str, limit: int | None = None) -> np.ndarra
     """A seeded permutation of ``range(n)``, cut to ``limit`` examples."""
     order = rng_for(seed, key).permutation(n)
     return order[:limit] if limit else order
+
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """``items`` in the same order, produced up to ``depth`` ahead on a background thread.
+
+    The next batch is read and converted (memory-mapped slice, uint8 to float, on-the-fly
+    corruption of procedural sets) while the model runs the current one: numpy and torch
+    release the GIL in both. The producer draws no random numbers from a global generator
+    (streams are seeded per domain, :func:`rng_for`), so the values are those of the plain
+    loop. An exception in the producer is raised here, unchanged, at the point the item it
+    failed on would have come; leaving the loop early stops the producer. ``depth`` 0: no thread.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(entry: tuple) -> bool:
+        """Put ``entry`` once there is room; ``False`` when the consumer has left."""
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((item, None)):
+                    return
+            offer((_DONE, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer as it is
+            offer((_DONE, exc))
+
+    thread = threading.Thread(target=produce, name="tta-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
