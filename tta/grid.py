@@ -53,7 +53,7 @@ class Settings:
     device: str = "cpu"
     plugins: tuple[str, ...] = ()
     threads: int | None = None  # torch threads per worker
-    compile: bool = False  # torch.compile the adapted model (RunConfig.compile)
+    compile: bool | None = None  # torch.compile the adapted model (RunConfig.compile; None: when it pays)
 
 
 @dataclass

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -54,7 +55,9 @@ def build_parser() -> Parser:
     p.add_argument("--json", metavar="FILE", help="also write the per-domain rows as a JSON list")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--force", action="store_true", help="recompute cells already in the store")
-    p.add_argument("--compile", action="store_true", help="torch.compile the adapted model (needs a C++ compiler on CPU)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the adapted model: --compile always, --no-compile never; default: when the "
+                        "run is long enough to repay the warm-up (100,000 images) and a compiler is present")
     p.add_argument("--verbose", action="store_true",
                    help="also print the time from start-up to the end of the first batch, and its parts")
     p.add_argument("--list", action="store_true", help="list methods, protocols, models, scenarios")

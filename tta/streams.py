@@ -32,17 +32,31 @@ def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.T
     return torch.from_numpy(images).to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
 
 
-def batches(images: np.ndarray, labels: np.ndarray, order: np.ndarray, batch_size: int, domain: str,
-            device: torch.device | str = "cpu", extras: dict[str, np.ndarray] | None = None) -> Iterator[Batch]:
-    """Batches of ``images[order]`` in that order (the last batch may be smaller).
+class BatchStream:
+    """Batches of ``images[order]`` in that order (the last batch may be smaller); iterable once
+    or more, and it knows its size (``n_images``) before the first batch is read.
 
     ``extras``: side image arrays indexed like ``images`` (uint8 NHWC), converted like ``x``.
     """
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        side = {name: to_tensor(array[idx], device) for name, array in (extras or {}).items()}
-        yield Batch(to_tensor(images[idx], device), torch.from_numpy(labels[idx]).to(device), domain,
-                    torch.from_numpy(idx), side)
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, order: np.ndarray, batch_size: int, domain: str,
+                 device: torch.device | str = "cpu", extras: dict[str, np.ndarray] | None = None) -> None:
+        self.images, self.labels, self.order, self.batch_size = images, labels, order, batch_size
+        self.domain, self.device, self.extras = domain, device, extras or {}
+        self.n_images = len(order)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for start in range(0, len(self.order), self.batch_size):
+            idx = self.order[start:start + self.batch_size]
+            side = {name: to_tensor(array[idx], self.device) for name, array in self.extras.items()}
+            yield Batch(to_tensor(self.images[idx], self.device), torch.from_numpy(self.labels[idx]).to(self.device),
+                        self.domain, torch.from_numpy(idx), side)
+
+
+def batches(images: np.ndarray, labels: np.ndarray, order: np.ndarray, batch_size: int, domain: str,
+            device: torch.device | str = "cpu", extras: dict[str, np.ndarray] | None = None) -> BatchStream:
+    """The :class:`BatchStream` of ``images[order]``."""
+    return BatchStream(images, labels, order, batch_size, domain, device, extras)
 
 
 def shuffled(n: int, seed: int, key: str, limit: int | None = None) -> np.ndarray:

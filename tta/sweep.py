@@ -10,6 +10,7 @@ cells already in the store are skipped, so rerunning a killed sweep resumes it.
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
@@ -39,7 +40,8 @@ def build_parser() -> Parser:
     shared.add_argument("--batch-size", type=int, help="test batch size")
     shared.add_argument("--n-examples", type=int, help="examples per domain (default: all)")
     shared.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    shared.add_argument("--compile", action="store_true", help="torch.compile the adapted model")
+    shared.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the adapted model: always / never (--no-compile); default: when it pays")
     shared.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a method plugin file")
     engine = p.add_argument_group("execution")
     engine.add_argument("--store", default=str(DEFAULT_STORE), help=f"SQLite result store (default {DEFAULT_STORE})")

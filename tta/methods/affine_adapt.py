@@ -96,6 +96,8 @@ class AffineAdaptMethod(Method):
     """Swap BN layers for ``make_layer(bn)``; train the affine parameters of every normalization
     layer (BN, GroupNorm, LayerNorm) on ``loss(logits)``."""
 
+    compilable = True
+
     needs_grad = True
     #: ``True``: the method's statistics need BatchNorm layers; models without any are refused
     requires_batchnorm = False

@@ -39,6 +39,11 @@ class Method:
     needs_grad: ClassVar[bool] = False
     #: label-free side inputs (``Batch.extras`` keys) passed to ``forward`` as keyword arguments
     side_inputs: ClassVar[tuple[str, ...]] = ()
+    #: ``True``: the method calls ``self.model`` on whole batches of one shape, so ``torch.compile`` of it
+    #: traces once and is reused across batches, domains and resets (tested per family); the runner then
+    #: compiles it by default on long runs (:func:`tta.runner.compile_pays`). ``False`` (the default, and
+    #: for plugins): eager unless ``--compile``.
+    compilable: ClassVar[bool] = False
 
     def __init__(self, **overrides: Any) -> None:
         self.hp: dict[str, Any] = resolve(f"method {self.name!r}", self.hparams, overrides)

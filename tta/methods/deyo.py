@@ -122,6 +122,9 @@ def deyo_weights(entropy: torch.Tensor, drop: torch.Tensor, e0: float, use_entro
 class DeYO(AffineAdaptMethod):
     """DeYO (Lee et al. 2024): entropy + PLPD filter with patch-shuffled views, re-weighted entropy."""
 
+    #: the patch-shuffled view is predicted for the entropy-selected images only: a new batch size each time
+    compilable = False
+
     hparams = {**deyo_hparams(), **optimizer_hparams(lr=1e-3)}
 
     def __init__(self, seed: int | None = None, **overrides: Any) -> None:

@@ -12,6 +12,8 @@ from tta.methods.norm_layers import replace_batchnorms
 class NormStatsMethod(Method):
     """Swap every BatchNorm layer for ``make_layer(bn)`` and predict with the swapped model."""
 
+    compilable = True
+
     def make_layer(self, bn: _BatchNorm) -> nn.Module:
         raise NotImplementedError
 

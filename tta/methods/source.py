@@ -8,5 +8,7 @@ from tta.registry import register_method
 class Source(Method):
     """Frozen source model: BatchNorm uses the source (training) running statistics."""
 
+    compilable = True
+
     def forward(self, x):
         return self.model(x)
