@@ -9,12 +9,16 @@
 2. When ``../shared/data`` holds the real CIFAR-10 test images (JPEG export) and the
    akamaster ResNet-20: a CIFAR-10-C-layout folder is built once in
    ``<--build-dir>/engine-<v>`` (default ``/tmp/tta-cifar10c-jpeg``, about 2.3 GB; ``v`` the
-   engine version) by corrupting those 10,000 images with tta's own engine (:func:`tta.data.corruptions.corrupt`, seed 0, all 5 severities of the
-   15 benchmark corruptions), and source, bn_adapt, adabn, alpha_bn x seeds 0,1,2 run on
-   it at severity 5, ``--cifar-examples`` (default 500) seeded examples per domain, with
+   engine version) by corrupting those 10,000 images with tta's own engine
+   (:func:`tta.data.corruptions.corrupt`, seed 0, all 5 severities of the 15 benchmark
+   corruptions), with the clean images beside it as ``cifar-10-batches-py/test_batch`` (the
+   source images of ``eata``'s Fisher term: the training set is not here). Every method of
+   ``CIFAR_METHODS`` this checkout registers x seeds 0,1,2 x episodic and continual runs on it at
+   severity 5, ``--cifar-examples`` (default 2,000) seeded examples per domain, with
    ``--checkpoint`` the shared ResNet-20. These are NOT the official CIFAR-10-C files; the
    rows say so in their ``data_source`` (from the folder's ``PROVENANCE.json``) and the
-   leaderboard caption repeats it.
+   leaderboard caption repeats it. The data fingerprint (names, sizes, modification times)
+   changes when the folder is rebuilt, so a rebuilt folder is new data to the store.
 3. ``python -m tta.leaderboard`` renders markdown, CSV, JSON and PNG plots into ``--out``.
 
 Every step is a ``python -m tta.sweep`` on one store (default ``leaderboard/results.sqlite`` of
@@ -55,6 +59,10 @@ def jpeg_source() -> str:
 
 BN_METHODS = "source,bn_adapt,adabn,alpha_bn"
 GRADIENT_METHODS = "tent,core"
+#: every method on the CIFAR-10-C table (those registered in this checkout), episodic and continual
+CIFAR_METHODS = ("source,bn_adapt,adabn,alpha_bn,bn_ema,tent,core,eta,eata,sar,deyo,rpl,rdumb,conjugate_pl,"
+                 "lame,t3a,cotta,rotta,roid,cmf")
+CIFAR_SCENARIOS = "episodic,continual"
 
 
 def build_cifar10c_layout(build_dir: Path, severities: tuple[int, ...] = (1, 2, 3, 4, 5)) -> Path:
@@ -69,7 +77,7 @@ def build_cifar10c_layout(build_dir: Path, severities: tuple[int, ...] = (1, 2, 
     root = build_dir / f"engine-{ENGINE_VERSION}"
     folder = root / "CIFAR-10-C"
     marker = folder / "PROVENANCE.json"
-    if marker.is_file():
+    if marker.is_file() and (root / "cifar-10-batches-py" / "test_batch").is_file():
         return root
     folder.mkdir(parents=True, exist_ok=True)
     data = np.load(IMAGES)
@@ -90,6 +98,10 @@ def build_cifar10c_layout(build_dir: Path, severities: tuple[int, ...] = (1, 2, 
         del stack
         os.replace(folder / f"{name}.tmp.npy", target)
         print(f"built {target} in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    from tta.data.cifar import write_batch
+
+    # the clean test images in the official layout: the source images of eata's Fisher term (no training set here)
+    write_batch("cifar10", root / "cifar-10-batches-py" / "test_batch", images, labels)
     marker.write_text(json.dumps({"images": str(IMAGES), "engine": "tta.data.corruptions.corrupt",
                                   "engine_version": ENGINE_VERSION, "seed": 0, "severities": list(severities),
                                   "data_source": jpeg_source(), "note": jpeg_source()}, indent=1))
@@ -119,7 +131,7 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--build-dir", type=Path, default=Path("/tmp/tta-cifar10c-jpeg"))
-    p.add_argument("--cifar-examples", type=int, default=500, help="examples per CIFAR domain (of 10,000)")
+    p.add_argument("--cifar-examples", type=int, default=2000, help="examples per CIFAR domain (of 10,000)")
     p.add_argument("--skip-cifar", action="store_true")
     p.add_argument("--skip-gradient-methods", action="store_true", help="leave out tent and core (slow on CPU)")
     p.add_argument("--build-only", action="store_true", help="only build the CIFAR-10-C-layout folder")
@@ -140,7 +152,7 @@ def main() -> int:
         extra = ("--data-root", str(data_root), "--checkpoint", str(CHECKPOINT),
                  "--n-examples", str(args.cifar_examples), "--domains", ",".join(BENCHMARK_CORRUPTIONS),
                  "--threads", "1")
-        sweep(args, "cifar10c", BN_METHODS, "5", *extra)  # severity 5 only: ResNet-20 on shared CPUs is slow
+        sweep(args, "cifar10c", registered(CIFAR_METHODS), "5", "--scenarios", CIFAR_SCENARIOS, *extra)
     if not args.no_render:
         subprocess.run([sys.executable, "-m", "tta.leaderboard", "--store", str(args.store), "--out", str(args.out),
                         "--regenerate", "TTA_CACHE=/tmp/ttacache python benchmarks/make_leaderboard.py"],

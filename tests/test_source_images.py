@@ -3,13 +3,13 @@ data, and that the rows and the run identity say so; a protocol without such ima
 
 from __future__ import annotations
 
-import pickle
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from tta.data import cifar
 from tta.errors import UserError
 from tta.methods.eata import EATA
 from tta.protocols.smoke import SOURCE_SEED
@@ -20,9 +20,18 @@ from tta.streams import shuffled, to_tensor
 
 
 def _write_batch(path, images: np.ndarray, labels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    path.write_bytes(pickle.dumps({"data": data, "labels": labels.tolist()}, protocol=2))
+    cifar.write_batch("cifar10", path, images, labels)
+
+
+def test_a_written_batch_reads_back_bit_for_bit(tmp_path):
+    g = np.random.default_rng(0)
+    images, labels = g.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8), g.integers(0, 10, 7)
+    path = cifar.write_batch("cifar10", tmp_path / "cifar-10-batches-py" / "test_batch", images, labels)
+    back, back_labels = cifar.read_test_set("cifar10", tmp_path, fetch_missing=False)
+    assert np.array_equal(back, images) and np.array_equal(back_labels, labels)
+    assert [p.name for p in path.parent.iterdir()] == ["test_batch"]          # no partial file left
+    with pytest.raises(UserError, match="uint8 N x 32 x 32 x 3"):
+        cifar.write_batch("cifar10", tmp_path / "x", images[..., :1], labels)
 
 
 def test_eata_gets_a_seeded_subset_of_the_smoke_training_images_in_run_batches(monkeypatch):

@@ -110,6 +110,23 @@ def read_test_set(dataset: str, root: Path, fetch_missing: bool = True) -> tuple
     return _read_batch(dataset, path, "test batch")
 
 
+def write_batch(dataset: str, path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """Write ``images`` (uint8 N x 32 x 32 x 3 RGB) and ``labels`` as one CIFAR python batch file at
+    ``path`` (the official layout: ``data`` N x 3072 channel-major, labels under the dataset's key),
+    atomically; what :func:`read_test_set` reads back. For building data roots from image arrays
+    (benchmarks, fixtures)."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        raise UserError(f"CIFAR batch images must be uint8 N x 32 x 32 x 3, got {images.dtype} {images.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = {"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1),
+             spec(dataset).label_key: np.asarray(labels).astype(int).tolist()}
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(pickle.dumps(batch, protocol=2))
+    partial.replace(path)
+    return path
+
+
 def _read_batch(dataset: str, path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of one CIFAR python batch file; anything else is one :class:`UserError` line."""
     try:
