@@ -67,25 +67,25 @@ class CifarResNet(nn.Module):
         return self.linear(out)
 
 
-@register_model("resnet20")
+@register_model("resnet20", head="linear")
 def resnet20(num_classes: int = 10) -> CifarResNet:
     """CIFAR ResNet-20 (0.27M params, option A; akamaster checkpoint layout)."""
     return CifarResNet(3, num_classes)
 
 
-@register_model("resnet32")
+@register_model("resnet32", head="linear")
 def resnet32(num_classes: int = 10) -> CifarResNet:
     """CIFAR ResNet-32 (0.46M params, option A; akamaster checkpoint layout)."""
     return CifarResNet(5, num_classes)
 
 
-@register_model("resnet44")
+@register_model("resnet44", head="linear")
 def resnet44(num_classes: int = 10) -> CifarResNet:
     """CIFAR ResNet-44 (0.66M params, option A; akamaster checkpoint layout)."""
     return CifarResNet(7, num_classes)
 
 
-@register_model("resnet56")
+@register_model("resnet56", head="linear")
 def resnet56(num_classes: int = 10) -> CifarResNet:
     """CIFAR ResNet-56 (0.85M params, option A; akamaster checkpoint layout)."""
     return CifarResNet(9, num_classes)

@@ -48,10 +48,13 @@ class ModelEntry:
     channel_order: str = "rgb"
     drop_keys: tuple[str, ...] = ()
     remap_keys: RemapKeys | None = None
+    #: classification: attribute of the network holding its final ``nn.Linear`` (see :mod:`tta.models.split`)
+    head: str | None = None
 
 
 def register_model(name: str, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_multiple: int = 32, *,
-                   channel_order: str = "rgb", drop_keys: tuple[str, ...] = (), remap_keys: RemapKeys | None = None):
+                   channel_order: str = "rgb", drop_keys: tuple[str, ...] = (), remap_keys: RemapKeys | None = None,
+                   head: str | None = None):
     """Register ``factory(num_classes=...) -> nn.Module``, its checkpoints' input normalization and, for a
     segmenter, the multiple its input sides are padded to (its output stride; default 32).
 
@@ -62,6 +65,8 @@ def register_model(name: str, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_multip
     not have (auxiliary heads, e.g. torchvision DeepLab's ``aux_classifier.``), dropped on
     load. ``remap_keys``: a hook renaming a checkpoint's keys to the model's, called after
     wrappers and ``module.`` / ``model.`` prefixes are removed (:mod:`tta.models.checkpoint`).
+    ``head``: for a classifier, the attribute of the network that is its final ``nn.Linear`` on the
+    penultimate features (the feature extractor / classifier split of :mod:`tta.models.split`).
     """
     if channel_order not in CHANNEL_ORDERS:
         raise UserError(f"model {name!r}: channel_order must be one of {', '.join(CHANNEL_ORDERS)}, "
@@ -71,7 +76,7 @@ def register_model(name: str, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_multip
         doc = (factory.__doc__ or "").strip().splitlines()
         MODELS.add(name, ModelEntry(factory, tuple(mean), tuple(std), doc[0] if doc else "", int(input_multiple),
                                     channel_order=channel_order, drop_keys=tuple(drop_keys),
-                                    remap_keys=remap_keys))
+                                    remap_keys=remap_keys, head=head))
         return factory
 
     return decorate

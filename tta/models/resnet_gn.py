@@ -81,7 +81,7 @@ class ResNetGN(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
-@register_model("resnet26_gn", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+@register_model("resnet26_gn", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), head="fc")
 def resnet26_gn(num_classes: int = 10) -> ResNetGN:
     """CIFAR ResNet-26, GroupNorm (8 groups), pre-activation (TTT / MEMO / MD resnet26_gn checkpoint layout)."""
     return ResNetGN(26, num_classes)

@@ -47,7 +47,7 @@ class SmokeCNN(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
-@register_model("smoke_cnn", mean=IDENTITY_MEAN, std=(0.25, 0.25, 0.25))
+@register_model("smoke_cnn", mean=IDENTITY_MEAN, std=(0.25, 0.25, 0.25), head="fc")
 def smoke_cnn(num_classes: int = 10) -> SmokeCNN:
     """Small 4-layer BatchNorm CNN (0.07M params) for the offline smoke benchmark."""
     return SmokeCNN(num_classes)

@@ -20,7 +20,7 @@ VIT_MEAN = (0.5, 0.5, 0.5)
 VIT_STD = (0.5, 0.5, 0.5)
 
 
-@register_model("vit_base_patch16_224", mean=VIT_MEAN, std=VIT_STD)
+@register_model("vit_base_patch16_224", mean=VIT_MEAN, std=VIT_STD, head="head")
 def vit_base_patch16_224(num_classes: int = 1000) -> nn.Module:
     """ViT-B/16, 224 px, LayerNorm (timm; load weights with --checkpoint timm:vit_base_patch16_224.<tag>)."""
     import timm

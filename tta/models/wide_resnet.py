@@ -61,7 +61,7 @@ class WideResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
-@register_model("wrn28_10", mean=IDENTITY_MEAN, std=IDENTITY_STD)
+@register_model("wrn28_10", mean=IDENTITY_MEAN, std=IDENTITY_STD, head="fc")
 def wrn28_10(num_classes: int = 10) -> WideResNet:
     """WideResNet-28-10 (36.5M params; RobustBench Standard checkpoint layout, inputs in [0, 1])."""
     return WideResNet(28, 10, num_classes)
