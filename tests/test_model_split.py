@@ -73,12 +73,20 @@ def test_models_without_a_declared_head_are_refused_in_one_line():
 
 
 def test_a_declared_head_that_is_not_linear_is_refused():
-    from tta.models.registry import _ENTRY_OF, entry_of
-
     model = create_model("resnet20", num_classes=10)
     model.net.linear = nn.Sequential(nn.Linear(64, 10))
-    assert entry_of(model.net).head == "linear"
-    message = _refusal(model)
-    assert message == ("method 'lame': model CifarResNet declares head 'linear', but its attribute 'linear' is "
-                       "Sequential, not an nn.Linear")
-    assert isinstance(model, Normalized) and model.net in _ENTRY_OF
+    assert isinstance(model, Normalized) and model.classifier_head == "linear"
+    assert _refusal(model) == ("method 'lame': model CifarResNet declares head 'linear', but its attribute 'linear' "
+                               "is Sequential, not an nn.Linear")
+
+
+def test_copies_of_a_model_keep_the_split():
+    import copy
+
+    model = create_model("resnet20", num_classes=10).eval()
+    twin = copy.deepcopy(model)
+    features, classifier = split_classifier(twin)
+    assert classifier is twin.net.linear and features.model is twin
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(classifier(features(x)), model(x))

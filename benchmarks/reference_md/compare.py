@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 import tta.methods  # noqa: E402,F401  (registers the methods)
 from tta.data.corruption_names import BENCHMARK_CORRUPTIONS  # noqa: E402
 from tta.models import create_model, load_into  # noqa: E402
+from tta.models.split import split_classifier  # noqa: E402
 from tta.protocols.cifar_c import read_severity  # noqa: E402
 from tta.registry import METHODS  # noqa: E402
 from tta.streams import batches, shuffled, to_tensor  # noqa: E402
@@ -64,6 +65,8 @@ class Pairing:
     #: ``--rng-seed`` (constructor ``seed``); MD's from torch's global generator, re-seeded with ``--md-rng-seed``
     #: at every reset. Equal seeds give both the same draws (a bit-level comparison); unequal, independent ones.
     seeded: bool = False
+    #: MD's class returns probabilities (LAME's assignment), not logits: tta's logits are compared through softmax
+    md_probabilities: bool = False
 
 
 PAIRINGS = {
@@ -75,6 +78,7 @@ PAIRINGS = {
     "deyo": Pairing("methods.deyo", "DeYO", "deyo.yaml", seeded=True),
     "rpl": Pairing("methods.rpl", "RPL", "rpl.yaml"),
     "tent": Pairing("methods.tent", "Tent", "tent.yaml"),
+    "lame": Pairing("methods.lame", "LAME", "lame.yaml", md_probabilities=True),
 }
 
 MD_PATHS = ("classification/methods", "classification/utils", "classification/conf.py", "classification/cfgs/cifar10_c")
@@ -111,7 +115,7 @@ def install_md(md_root: Path):
     _module("iopath.common.file_io", g_pathmgr=None)
     _module("models", __path__=[])
     _module("models.model", ResNetDomainNet126=_Unused,
-            split_up_model=lambda *a, **k: (_ for _ in ()).throw(RuntimeError("not used by this harness")))
+            split_up_model=lambda model, *a, **k: split_classifier(model, "MD's split_up_model stub"))
     _module("datasets", __path__=[])
     _module("datasets.data_loading", get_source_loader=lambda **kwargs: (None, list(FISHER_BATCHES)))
     _module("methods", __path__=[str(md_root / "methods")])  # skip methods/__init__ (imports every method)
@@ -209,6 +213,8 @@ def main(argv=None) -> None:
                         with torch.no_grad():
                             logits = call(x)
                     seconds[side] += time.perf_counter() - start
+                    if side == 0 and pairing.md_probabilities:
+                        logits = logits.softmax(1)
                     wrong[side] += int((logits.argmax(1) != batch.y).sum())
                     outputs.append(logits.detach().float())
                 gap = max(gap, float((outputs[0] - outputs[1]).abs().max()))
@@ -242,6 +248,9 @@ def main(argv=None) -> None:
     if pairing.seeded:
         lines.append(f"Random draws: tta's generator seeded {rng_seed}, MD's global generator seeded {md_rng_seed} "
                      "at every reset" + (" (the same draws)." if rng_seed == md_rng_seed else " (independent draws)."))
+    if pairing.md_probabilities:
+        lines.append("MD's class returns probabilities: the errors and the max logit gap column compare softmax(tta "
+                     "logits) with MD's output (a gap in probabilities).")
     lines += ["", "max logit gap: the largest |tta logit - MD logit| over the corruption's batches.",
               "", "| corruption | tta error % | MD error % | difference | max logit gap | tta img/s | MD img/s |",
               "|---|---:|---:|---:|---:|---:|---:|"]
@@ -259,7 +268,7 @@ def main(argv=None) -> None:
 def _md_summary(cfg, pairing: Pairing) -> str:
     eata = ("OPTIM.METHOD", "OPTIM.LR", "OPTIM.BETA", "OPTIM.STEPS", "EATA.MARGIN_E0",
             "EATA.D_MARGIN", "EATA.FISHER_ALPHA", "SOURCE.NUM_SAMPLES")
-    keys = {"norm_ema.yaml": (), "rpl.yaml": (*eata[:4], "OPTIM.WD", "RPL.Q"),
+    keys = {"norm_ema.yaml": (), "lame.yaml": ("LAME.AFFINITY", "LAME.KNN", "LAME.SIGMA", "LAME.FORCE_SYMMETRY"), "rpl.yaml": (*eata[:4], "OPTIM.WD", "RPL.Q"),
             "sar.yaml": ("OPTIM.LR", "OPTIM.MOMENTUM", "OPTIM.STEPS", "EATA.MARGIN_E0", "SAR.RESET_CONSTANT_EM"),
             "rdumb.yaml": (*eata, "MODEL.RESET_AFTER_NUM_UPDATES"),
             "deyo.yaml": (*eata[:4], "OPTIM.WD", "EATA.MARGIN_E0", "DEYO.MARGIN", "DEYO.PLPD", "DEYO.REWEIGHT_ENT",

@@ -96,15 +96,21 @@ class Normalized(nn.Module):
     """``net((x - mean) / std)``: the wrapped network (``.net``) sees its training normalization.
 
     ``channel_order="bgr"``: the RGB input's channels are reversed first, so a network trained
-    on BGR images sees BGR (``mean`` / ``std`` are then in BGR order too).
+    on BGR images sees BGR (``mean`` / ``std`` are then in BGR order too). ``classifier_head``: the
+    registration's ``head`` (the attribute of ``net`` that is its final ``nn.Linear``), carried by the
+    wrapper so that copies of the model keep it (:mod:`tta.models.split`); ``None``: none declared.
     """
 
-    def __init__(self, net: nn.Module, mean, std, channel_order: str = "rgb") -> None:
+    classifier_head: str | None = None
+
+    def __init__(self, net: nn.Module, mean, std, channel_order: str = "rgb",
+                 classifier_head: str | None = None) -> None:
         super().__init__()
         if channel_order not in CHANNEL_ORDERS:
             raise UserError(f"channel_order must be one of {', '.join(CHANNEL_ORDERS)}, got {channel_order!r}")
         self.net = net
         self.channel_order = channel_order
+        self.classifier_head = classifier_head
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
@@ -144,7 +150,7 @@ def create_model(name: str, num_classes: int, task: str = "classification") -> N
         entry = MODELS.get(name)
         net = entry.factory(num_classes=num_classes)
         _ENTRY_OF[net] = entry
-        return Normalized(net, entry.mean, entry.std, entry.channel_order)
+        return Normalized(net, entry.mean, entry.std, entry.channel_order, classifier_head=entry.head)
     try:
         import timm
     except ImportError:  # pragma: no cover - timm is a dependency

@@ -4,8 +4,9 @@ Output-level and prototype methods (``lame``, ``t3a``, ``shot_im``) need the pen
 features and the final linear layer separately. Each architecture declares its head once, in
 its registration: ``@register_model(name, head="<attribute>")`` names the network's final
 ``nn.Linear`` (``resnet20``..``resnet56``: ``linear``; ``resnet26_gn``, ``wrn28_10``,
-``smoke_cnn``: ``fc``; timm's ``vit_base_patch16_224``: ``head``). :func:`split_classifier`
-reads that declaration; a model without one (a timm model by name, a plugin model, a
+``smoke_cnn``: ``fc``; timm's ``vit_base_patch16_224``: ``head``), and :func:`create_model` hands it to
+the :class:`~tta.models.registry.Normalized` wrapper (``classifier_head``, so deep copies keep it).
+:func:`split_classifier` reads that declaration; a model without one (a timm model by name, a plugin model, a
 segmenter) is refused with one :class:`~tta.errors.UserError` line.
 
 ``features`` takes images in [0, 1], as the model does (the input normalization of
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from tta.errors import UserError
-from tta.models.registry import Normalized, entry_of
+from tta.models.registry import Normalized
 
 
 class Features(nn.Module):
@@ -54,14 +55,14 @@ def split_classifier(model: nn.Module, who: str = "this method") -> tuple[Featur
     ``who`` names the caller in the refusal (e.g. ``"method 'lame'"``).
     """
     net = getattr(model, "net", None)
-    entry = entry_of(net) if isinstance(model, Normalized) and net is not None else None
+    declared = model.classifier_head if isinstance(model, Normalized) else None
     name = type(net if net is not None else model).__name__
-    if entry is None or entry.head is None:
+    if declared is None:
         raise UserError(f"{who} needs a feature extractor / classifier split, but model {name} declares no "
                         "classifier head (registered classification models declare it: register_model(..., "
                         "head='<attribute of the final nn.Linear>'))")
-    head = getattr(net, entry.head, None)
+    head = getattr(net, declared, None)
     if not isinstance(head, nn.Linear):
-        raise UserError(f"{who}: model {name} declares head {entry.head!r}, but its attribute {entry.head!r} is "
+        raise UserError(f"{who}: model {name} declares head {declared!r}, but its attribute {declared!r} is "
                         f"{type(head).__name__}, not an nn.Linear")
-    return Features(model, entry.head), head
+    return Features(model, declared), head
