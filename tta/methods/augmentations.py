@@ -23,6 +23,8 @@ which agree:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -52,3 +54,160 @@ def patch_shuffle(x: torch.Tensor, patches: int, generator: torch.Generator) -> 
     if resized:
         out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
     return out
+
+
+# -- CoTTA's augmentation set ------------------------------------------------------------------------
+#
+# Wang, Fink, Van Gool & Dai, "Continual Test-Time Domain Adaptation" (CVPR 2022), Sec. 3.3; the set is
+# that of mariodoebler/test-time-adaptation 8b2ed63 ``classification/augmentations/transforms_cotta.py``
+# (``get_tta_transforms``, lines 133-166, after KATANA), used by ``cotta`` (teacher views) and ``rotta``
+# (strong view of the memory). One view of a batch is, in this order, with ONE parameter draw for the
+# whole batch (the reference applies torchvision transforms to the batch tensor):
+#
+#   clip to [0, 1]; colour jitter: brightness, contrast, saturation, hue, gamma in a random order
+#   (``randperm(5)``), factors uniform in [0.6, 1.4], [0.7, 1.3], [0.5, 1.5], [-0.06, 0.06], [0.7, 1.3]
+#   (gamma after clamping to [1e-8, 1]); edge padding by H/2; random affine (rotation uniform in
+#   [-15, 15] degrees, translation round(uniform(+-W/16 of the padded size)) pixels, scale uniform in
+#   [0.9, 1.1], bilinear); Gaussian blur (kernel 5, sigma uniform in [0.001, 0.5]); centre crop back
+#   to H x W; horizontal flip with probability 1/2; additive Gaussian noise (std 0.005); clip.
+#   ``soft=True`` is the reference's soft variant (narrower ranges).
+#
+# The draws come from ``generator`` in the reference's order per view (randperm, the five factors in
+# the permuted order, angle, tx, ty, scale, sigma, flip, noise), so a generator seeded s draws the
+# parameters that torchvision draws from the global generator after ``torch.manual_seed(s)``. The
+# arithmetic is written for a batch of views at once and fuses padding, affine, blur and crop: only
+# the centre (H + 4) x (W + 4) of the padded, transformed image reaches the crop through the 5x5 blur,
+# and there the edge padding equals sampling the original image with border clamping; the flip is the
+# mirrored sampling grid (the blur kernel is symmetric). Equal to the reference in exact arithmetic,
+# not bit for bit in float.
+
+#: (low, high) of each colour factor, in the reference's index order (brightness, contrast,
+#: saturation, hue, gamma); hard then soft ranges (transforms_cotta.py lines 139-143)
+COTTA_JITTER = ((0.6, 1.4), (0.7, 1.3), (0.5, 1.5), (-0.06, 0.06), (0.7, 1.3))
+COTTA_JITTER_SOFT = ((0.8, 1.2), (0.85, 1.15), (0.75, 1.25), (-0.03, 0.03), (0.85, 1.15))
+_GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+
+
+def _uniform(lo: float, hi: float, generator: torch.Generator) -> float:
+    return float(torch.empty(1).uniform_(lo, hi, generator=generator).item())
+
+
+def cotta_draws(views: int, shape: tuple[int, ...], generator: torch.Generator, soft: bool = False,
+                noise_std: float = 0.005) -> list[dict]:
+    """The random parameters of ``views`` CoTTA views of a batch of ``shape`` (B, C, H, W), drawn in order."""
+    jitter = COTTA_JITTER_SOFT if soft else COTTA_JITTER
+    degrees, scales, sigmas = ((8.0, (0.95, 1.05), 0.25) if soft else (15.0, (0.9, 1.1), 0.5))
+    h, w = shape[-2:]
+    pad_w, pad_h = w + 2 * int(w / 2), h + 2 * int(h / 2)  # reference pads by int(n_pixels / 2)
+    out = []
+    for _ in range(views):
+        order = torch.randperm(5, generator=generator).tolist()
+        factors = [0.0] * 5
+        for op in order:
+            factors[op] = _uniform(*jitter[op], generator)
+        angle = _uniform(-degrees, degrees, generator)
+        tx = int(round(_uniform(-pad_w / 16, pad_w / 16, generator)))
+        ty = int(round(_uniform(-pad_h / 16, pad_h / 16, generator)))
+        scale = _uniform(*scales, generator)
+        sigma = _uniform(0.001, sigmas, generator)
+        flip = bool(torch.rand(1, generator=generator) < 0.5)
+        noise = torch.randn(shape, generator=generator) * noise_std
+        out.append(dict(order=order, factors=factors, angle=angle, translate=(tx, ty), scale=scale, sigma=sigma,
+                        flip=flip, noise=noise))
+    return out
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    return (_GRAY[0] * x[:, 0] + _GRAY[1] * x[:, 1] + _GRAY[2] * x[:, 2]).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (factor * x + (1.0 - factor) * other).clamp(0.0, 1.0)
+
+
+def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of RGB images in [0, 1] by ``shift`` turns (hexcone HSV model)."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.max(1).values, x.min(1).values
+    span = maxc - minc
+    flat = span == 0
+    safe = torch.where(flat, torch.ones_like(span), span)
+    sat = span / torch.where(flat, torch.ones_like(maxc), maxc)
+    hue = torch.where(maxc == r, (g - b) / safe,
+                      torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    hue = torch.where(flat, torch.zeros_like(hue), hue)
+    hue = torch.remainder(hue / 6.0 + shift.view(-1, 1, 1), 1.0)
+    # back to RGB: channel k = v - v s max(0, min(m, 4 - m, 1)), m = (n_k + 6 h) mod 6, n = (5, 3, 1)
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        m = torch.remainder(n + hue * 6.0, 6.0)
+        channels.append(maxc - maxc * sat * torch.clamp(torch.minimum(m, 4.0 - m), 0.0, 1.0))
+    return torch.stack(channels, 1)
+
+
+def _colour_op(op: int, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    f = factor.view(-1, 1, 1, 1)
+    if op == 0:  # brightness: blend with black
+        return (f * x).clamp(0.0, 1.0)
+    if op == 1:  # contrast: blend with the image's mean grey level
+        return _blend(x, _grayscale(x).mean(dim=(1, 2, 3), keepdim=True), f)
+    if op == 2:  # saturation: blend with the grey image
+        return _blend(x, _grayscale(x), f)
+    if op == 3:
+        return _hue_shift(x, factor)
+    return x.clamp(1e-8, 1.0).pow(f).clamp(0.0, 1.0)  # gamma (gain 1)
+
+
+def cotta_augment(x: torch.Tensor, views: int, generator: torch.Generator, soft: bool = False,
+                  noise_std: float = 0.005) -> torch.Tensor:
+    """``views`` CoTTA views of the batch ``x`` (B, 3, H, W) in [0, 1], stacked view by view: (views * B, 3, H, W).
+
+    Rows ``v * B : (v + 1) * B`` are view ``v`` (one parameter draw each, see the comment above).
+    """
+    b, c, h, w = x.shape
+    if c != 3:
+        raise ValueError(f"cotta_augment: RGB images expected, got {c} channels")
+    draws = cotta_draws(views, tuple(x.shape), generator, soft, noise_std)
+    dev = x.device
+    y = x.clamp(0.0, 1.0).repeat(views, 1, 1, 1)  # a fresh (V * B, C, H, W) tensor, written in place below
+    # colour jitter: at step k every view applies its k-th operation; views grouped by operation
+    view_of_row = torch.arange(views, device=dev).repeat_interleave(b)
+    factors = torch.tensor([d["factors"] for d in draws], dtype=x.dtype, device=dev)  # (V, 5)
+    orders = torch.tensor([d["order"] for d in draws], device=dev)  # (V, 5)
+    for step in range(5):
+        row_ops = orders[view_of_row, step]
+        for op in range(5):
+            rows = torch.nonzero(row_ops == op).squeeze(1)
+            if rows.numel():
+                y[rows] = _colour_op(op, y[rows], factors[view_of_row[rows], op])
+    # affine + blur + crop + flip: sample the centre (h + 4) x (w + 4) of the transformed padded image
+    k = 2  # half the blur kernel
+    theta = []
+    for d in draws:
+        rot, s = math.radians(d["angle"]), d["scale"]
+        tx, ty = d["translate"]
+        m = [math.cos(rot) / s, math.sin(rot) / s, -math.sin(rot) / s, math.cos(rot) / s]  # inverse rotation-scale
+        theta.append([m[0], m[1], m[0] * -tx + m[1] * -ty, m[2], m[3], m[2] * -tx + m[3] * -ty])
+    theta = torch.tensor(theta, dtype=x.dtype, device=dev).view(views, 2, 3)
+    xs = torch.arange(w + 2 * k, dtype=x.dtype, device=dev) - (w + 2 * k - 1) / 2  # output x, centred pixels
+    ys = torch.arange(h + 2 * k, dtype=x.dtype, device=dev) - (h + 2 * k - 1) / 2
+    flips = torch.tensor([d["flip"] for d in draws], device=dev)
+    xs_v = torch.where(flips.view(-1, 1), -xs.view(1, -1), xs.view(1, -1))  # (V, w + 4)
+    base = torch.stack(torch.broadcast_tensors(xs_v.view(views, 1, -1), ys.view(1, -1, 1)), -1)  # (V, h+4, w+4, 2)
+    src = base @ theta[:, :, :2].transpose(1, 2).unsqueeze(1) + theta[:, :, 2].view(views, 1, 1, 2)
+    grid = src / torch.tensor([w / 2, h / 2], dtype=x.dtype, device=dev)  # align_corners=False normalization
+    y = F.grid_sample(y.view(views, b * c, h, w), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # separable 5-tap Gaussian blur, valid part only -> (h, w)
+    taps = torch.arange(-k, k + 1, dtype=x.dtype, device=dev)
+    sig = torch.tensor([d["sigma"] for d in draws], dtype=x.dtype, device=dev).view(-1, 1)
+    kern = torch.exp(-0.5 * (taps.view(1, -1) / sig) ** 2)
+    kern = kern / kern.sum(1, keepdim=True)  # (V, 5)
+    # the blur as banded matrices (valid part): out = R y C, R (h, h + 4) and C (w + 4, w) per view
+    def band(n: int) -> torch.Tensor:
+        mat = torch.zeros(views, n, n + 2 * k, dtype=x.dtype, device=dev)
+        for i in range(2 * k + 1):
+            mat.diagonal(offset=i, dim1=1, dim2=2).copy_(kern[:, i:i + 1].expand(views, n))
+        return mat
+    y = band(h).unsqueeze(1) @ (y @ band(w).transpose(1, 2).unsqueeze(1))
+    noise = torch.stack([d["noise"] for d in draws]).to(dev)
+    return (y.view(views, b, c, h, w) + noise).clamp(0.0, 1.0).view(views * b, c, h, w)
