@@ -79,9 +79,10 @@ PAIRINGS = {
     "rpl": Pairing("methods.rpl", "RPL", "rpl.yaml"),
     "tent": Pairing("methods.tent", "Tent", "tent.yaml"),
     "lame": Pairing("methods.lame", "LAME", "lame.yaml", md_probabilities=True),
+    "roid": Pairing("methods.roid", "ROID", "roid.yaml", seeded=True),
 }
 
-MD_PATHS = ("classification/methods", "classification/utils", "classification/conf.py", "classification/cfgs/cifar10_c")
+MD_PATHS = ("classification/methods", "classification/utils", "classification/augmentations", "classification/conf.py", "classification/cfgs/cifar10_c")
 
 
 def extract_md(git_dir: str, into: Path) -> tuple[Path, str]:
@@ -271,6 +272,8 @@ def _md_summary(cfg, pairing: Pairing) -> str:
     keys = {"norm_ema.yaml": (), "lame.yaml": ("LAME.AFFINITY", "LAME.KNN", "LAME.SIGMA", "LAME.FORCE_SYMMETRY"), "rpl.yaml": (*eata[:4], "OPTIM.WD", "RPL.Q"),
             "sar.yaml": ("OPTIM.LR", "OPTIM.MOMENTUM", "OPTIM.STEPS", "EATA.MARGIN_E0", "SAR.RESET_CONSTANT_EM"),
             "rdumb.yaml": (*eata, "MODEL.RESET_AFTER_NUM_UPDATES"),
+            "roid.yaml": (*eata[:4], "OPTIM.WD", "ROID.USE_WEIGHTING", "ROID.USE_PRIOR_CORRECTION",
+                          "ROID.USE_CONSISTENCY", "ROID.MOMENTUM_SRC", "ROID.MOMENTUM_PROBS", "ROID.TEMPERATURE"),
             "deyo.yaml": (*eata[:4], "OPTIM.WD", "EATA.MARGIN_E0", "DEYO.MARGIN", "DEYO.PLPD", "DEYO.REWEIGHT_ENT",
                           "DEYO.REWEIGHT_PLPD", "DEYO.AUG_TYPE", "DEYO.PATCH_LEN")}.get(pairing.md_config, eata)
     values = []
