@@ -61,7 +61,7 @@ BN_METHODS = "source,bn_adapt,adabn,alpha_bn"
 GRADIENT_METHODS = "tent,core"
 #: every method on the CIFAR-10-C table (those registered in this checkout), episodic and continual
 CIFAR_METHODS = ("source,bn_adapt,adabn,alpha_bn,bn_ema,tent,core,eta,eata,sar,deyo,rpl,rdumb,conjugate_pl,"
-                 "lame,t3a,cotta,rotta,roid,cmf")
+                 "lame,t3a,shot_im,cotta,rotta,roid,cmf")
 CIFAR_SCENARIOS = "episodic,continual"
 
 
