@@ -67,6 +67,9 @@ class Pairing:
     seeded: bool = False
     #: MD's class returns probabilities (LAME's assignment), not logits: tta's logits are compared through softmax
     md_probabilities: bool = False
+    #: MD's constructor calls ``.cuda()`` (CMF's moving average): built with ``Tensor.cuda`` as the identity on
+    #: a machine without CUDA
+    md_cuda_stub: bool = False
 
 
 PAIRINGS = {
@@ -80,6 +83,7 @@ PAIRINGS = {
     "tent": Pairing("methods.tent", "Tent", "tent.yaml"),
     "lame": Pairing("methods.lame", "LAME", "lame.yaml", md_probabilities=True),
     "roid": Pairing("methods.roid", "ROID", "roid.yaml", seeded=True),
+    "cmf": Pairing("methods.cmf", "CMF", "cmf.yaml", seeded=True, md_cuda_stub=True),
 }
 
 MD_PATHS = ("classification/methods", "classification/utils", "classification/augmentations", "classification/conf.py", "classification/cfgs/cifar10_c")
@@ -134,6 +138,13 @@ def md_method(conf, md_root: Path, pairing: Pairing, model: nn.Module, overrides
     cfg.merge_from_list(["MODEL.EPISODIC", False, *overrides])
     cls = getattr(importlib.import_module(pairing.md_module), pairing.md_class)
     model.model_preprocess = None  # read by EATA when it builds its source loader (stubbed)
+    if pairing.md_cuda_stub and not torch.cuda.is_available():
+        cuda = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
+        try:
+            return cls(cfg, model, 10), cfg
+        finally:
+            torch.Tensor.cuda = cuda
     return cls(cfg, model, 10), cfg
 
 
@@ -160,6 +171,9 @@ def main(argv=None) -> None:
     parser.add_argument("--setting", choices=("episodic", "continual"), default="episodic")
     parser.add_argument("--hp", nargs="*", default=[], help="tta hparams key=value (MD's side: --md-opts)")
     parser.add_argument("--md-opts", nargs="*", default=[], help="MD config overrides KEY VALUE ...")
+    parser.add_argument("--md-reset-attr", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="set these float attributes of MD's method after each reset (e.g. CMF's hidden_var=0, "
+                             "which MD's reset keeps from the episode before; tta's reset clears it)")
     parser.add_argument("--md-reset-optimizer-state", action="store_true",
                         help="MD's reset also empties the state of the optimizer its SAM wrapper holds (MD's SAR "
                              "keeps the SGD momentum across resets; tta's reset clears it)")
@@ -199,6 +213,8 @@ def main(argv=None) -> None:
             if args.setting == "episodic" or index == 0:
                 ours.reset()
                 ref.reset()
+                for name, value in (kv.split("=", 1) for kv in args.md_reset_attr):
+                    setattr(ref, name, float(value))
                 if pairing.seeded:
                     torch.manual_seed(md_rng_seed)
             wrong, seconds, gap = [0, 0], [0.0, 0.0], 0.0
@@ -233,6 +249,7 @@ def main(argv=None) -> None:
         f"--setting {args.setting}{' --hp ' + ' '.join(args.hp) if args.hp else ''}"
         f"{' --md-opts ' + ' '.join(args.md_opts) if args.md_opts else ''}"
         f"{' --md-reset-optimizer-state' if args.md_reset_optimizer_state else ''}"
+        f"{' --md-reset-attr ' + ' '.join(args.md_reset_attr) if args.md_reset_attr else ''}"
         f"{f' --rng-seed {rng_seed} --md-rng-seed {md_rng_seed}' if pairing.seeded else ''}`.",
         f"MD commit {md_commit}; tta commit {_tta_commit()}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {'cuda' if torch.cuda.is_available() else 'cpu'}.",
@@ -272,6 +289,9 @@ def _md_summary(cfg, pairing: Pairing) -> str:
     keys = {"norm_ema.yaml": (), "lame.yaml": ("LAME.AFFINITY", "LAME.KNN", "LAME.SIGMA", "LAME.FORCE_SYMMETRY"), "rpl.yaml": (*eata[:4], "OPTIM.WD", "RPL.Q"),
             "sar.yaml": ("OPTIM.LR", "OPTIM.MOMENTUM", "OPTIM.STEPS", "EATA.MARGIN_E0", "SAR.RESET_CONSTANT_EM"),
             "rdumb.yaml": (*eata, "MODEL.RESET_AFTER_NUM_UPDATES"),
+            "cmf.yaml": (*eata[:4], "OPTIM.WD", "ROID.USE_WEIGHTING", "ROID.USE_PRIOR_CORRECTION",
+                         "ROID.USE_CONSISTENCY", "ROID.MOMENTUM_PROBS", "ROID.TEMPERATURE", "CMF.ALPHA", "CMF.GAMMA",
+                         "CMF.Q", "CMF.TYPE"),
             "roid.yaml": (*eata[:4], "OPTIM.WD", "ROID.USE_WEIGHTING", "ROID.USE_PRIOR_CORRECTION",
                           "ROID.USE_CONSISTENCY", "ROID.MOMENTUM_SRC", "ROID.MOMENTUM_PROBS", "ROID.TEMPERATURE"),
             "deyo.yaml": (*eata[:4], "OPTIM.WD", "EATA.MARGIN_E0", "DEYO.MARGIN", "DEYO.PLPD", "DEYO.REWEIGHT_ENT",
