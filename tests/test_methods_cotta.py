@@ -81,13 +81,15 @@ def test_one_step_by_hand_without_augmentation():
     assert 0.28 < float(flat) < 0.45
 
 
-def test_augmentation_averaging_below_the_threshold_and_none_above():
+@pytest.mark.parametrize("per_call", [1, 2, 4])
+def test_augmentation_averaging_below_the_threshold_and_none_above(per_call):
+    """Views through the teacher one per call (default) or grouped (per-view BN statistics): the same mean."""
     x = _batches(1)[0]
     above = _setup(CoTTA(threshold=0.0, restore=0.0, seed=1))  # confidence < 0 never holds: plain teacher
     with torch.no_grad():
         plain = above.teacher(x)
     assert torch.equal(above.forward(x), plain) and above.augmented_batches == 0
-    below = _setup(CoTTA(threshold=1.0, restore=0.0, augmentations=4, seed=1))  # confidence < 1: augment
+    below = _setup(CoTTA(threshold=1.0, restore=0.0, augmentations=4, views_per_call=per_call, seed=1))  # confidence < 1: augment
     teacher = copy.deepcopy(below.teacher)
     views = cotta_augment(x, 4, torch.Generator().manual_seed(1))
     with torch.no_grad():  # four separate teacher calls of B images, as the reference loops

@@ -70,6 +70,8 @@ class Pairing:
     #: MD's constructor calls ``.cuda()`` (CMF's moving average): built with ``Tensor.cuda`` as the identity on
     #: a machine without CUDA
     md_cuda_stub: bool = False
+    #: name of a function of this module applied to MD's instance after construction (a fix MD needs on CPU)
+    md_patch: str = ""
 
 
 PAIRINGS = {
@@ -81,6 +83,8 @@ PAIRINGS = {
     "deyo": Pairing("methods.deyo", "DeYO", "deyo.yaml", seeded=True),
     "rpl": Pairing("methods.rpl", "RPL", "rpl.yaml"),
     "tent": Pairing("methods.tent", "Tent", "tent.yaml"),
+    "cotta": Pairing("methods.cotta", "CoTTA", "cotta.yaml", seeded=True),
+    "rotta": Pairing("methods.rotta", "RoTTA", "rotta.yaml", seeded=True, md_patch="rotta_cpu_fix"),
     "lame": Pairing("methods.lame", "LAME", "lame.yaml", md_probabilities=True),
     "roid": Pairing("methods.roid", "ROID", "roid.yaml", seeded=True),
     "cmf": Pairing("methods.cmf", "CMF", "cmf.yaml", seeded=True, md_cuda_stub=True),
@@ -171,6 +175,9 @@ def main(argv=None) -> None:
     parser.add_argument("--setting", choices=("episodic", "continual"), default="episodic")
     parser.add_argument("--hp", nargs="*", default=[], help="tta hparams key=value (MD's side: --md-opts)")
     parser.add_argument("--md-opts", nargs="*", default=[], help="MD config overrides KEY VALUE ...")
+    parser.add_argument("--md-no-augment", action="store_true",
+                        help="MD's `transform` (its CoTTA augmentation) replaced by the identity; with tta's "
+                             "strong_augment=false a comparison without random draws")
     parser.add_argument("--md-reset-attr", nargs="*", default=[], metavar="NAME=VALUE",
                         help="set these float attributes of MD's method after each reset (e.g. CMF's hidden_var=0, "
                              "which MD's reset keeps from the episode before; tta's reset clears it)")
@@ -204,6 +211,10 @@ def main(argv=None) -> None:
         ref, cfg = md_method(conf, md_root, pairing, resnet20(args.checkpoint), args.md_opts)
         if args.md_reset_optimizer_state:
             clear_optimizer_state_on_reset(ref)
+        if pairing.md_patch:
+            globals()[pairing.md_patch](ref)
+        if args.md_no_augment:
+            ref.transform = lambda images: images
         extras = []
         rows = []
         for index, corruption in enumerate(args.corruptions):
@@ -250,6 +261,7 @@ def main(argv=None) -> None:
         f"{' --md-opts ' + ' '.join(args.md_opts) if args.md_opts else ''}"
         f"{' --md-reset-optimizer-state' if args.md_reset_optimizer_state else ''}"
         f"{' --md-reset-attr ' + ' '.join(args.md_reset_attr) if args.md_reset_attr else ''}"
+        f"{' --md-no-augment' if args.md_no_augment else ''}"
         f"{f' --rng-seed {rng_seed} --md-rng-seed {md_rng_seed}' if pairing.seeded else ''}`.",
         f"MD commit {md_commit}; tta commit {_tta_commit()}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {'cuda' if torch.cuda.is_available() else 'cpu'}.",
@@ -289,6 +301,10 @@ def _md_summary(cfg, pairing: Pairing) -> str:
     keys = {"norm_ema.yaml": (), "lame.yaml": ("LAME.AFFINITY", "LAME.KNN", "LAME.SIGMA", "LAME.FORCE_SYMMETRY"), "rpl.yaml": (*eata[:4], "OPTIM.WD", "RPL.Q"),
             "sar.yaml": ("OPTIM.LR", "OPTIM.MOMENTUM", "OPTIM.STEPS", "EATA.MARGIN_E0", "SAR.RESET_CONSTANT_EM"),
             "rdumb.yaml": (*eata, "MODEL.RESET_AFTER_NUM_UPDATES"),
+            "rotta.yaml": (*eata[:4], "OPTIM.WD", "ROTTA.MEMORY_SIZE", "ROTTA.UPDATE_FREQUENCY", "ROTTA.NU",
+                           "ROTTA.ALPHA", "ROTTA.LAMBDA_T", "ROTTA.LAMBDA_U"),
+            "cotta.yaml": (*eata[:4], "OPTIM.WD", "M_TEACHER.MOMENTUM", "COTTA.RST", "COTTA.AP",
+                           "TEST.N_AUGMENTATIONS"),
             "cmf.yaml": (*eata[:4], "OPTIM.WD", "ROID.USE_WEIGHTING", "ROID.USE_PRIOR_CORRECTION",
                          "ROID.USE_CONSISTENCY", "ROID.MOMENTUM_PROBS", "ROID.TEMPERATURE", "CMF.ALPHA", "CMF.GAMMA",
                          "CMF.Q", "CMF.TYPE"),
@@ -303,6 +319,13 @@ def _md_summary(cfg, pairing: Pairing) -> str:
             node = node[part]
         values.append(f"{key}={node}")
     return ", ".join(values) or "defaults (no options)"
+
+
+def rotta_cpu_fix(ref) -> None:
+    """MD's RoTTA calls ``self.loss_calculation(x)`` in its non-AMP branch (methods/rotta.py line 87), a method
+    that takes no argument: on CPU it raises TypeError. Call it without the argument, nothing else changed."""
+    compute = ref.loss_calculation
+    ref.loss_calculation = lambda *unused: compute()
 
 
 def clear_optimizer_state_on_reset(ref) -> None:

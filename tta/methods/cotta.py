@@ -19,9 +19,14 @@ MD (``configure_model`` drops the running statistics). ``symmetric=True`` is MD'
 mean of the two cross-entropies (``softmax_entropy_imagenet``).
 
 **Batched views.** The N views of ``x`` (one random draw each for the whole batch, see
-:func:`tta.methods.augmentations.cotta_augment`) go through the teacher in ONE call of N x B images. Each
-BatchNorm layer of the teacher then normalizes every view with that view's own statistics
-(:class:`ViewBatchNorm`, ``views = N``), which is what N separate calls of B images compute, as MD's loop.
+:func:`tta.methods.augmentations.cotta_augment`) are made in one batched pass (2.9x faster than MD's 32
+torchvision calls on 200 CIFAR images, one thread). They go through the teacher ``views_per_call`` views
+per call; each BatchNorm layer normalizes every view with that view's own statistics
+(:class:`ViewBatchNorm`), which is what N separate calls of B images compute, as MD's loop. The default
+is 1 view per call (PyTorch's fused BN kernel, MD's exact arithmetic): on CPU one call of 32 x 200
+ResNet-20 images took 1.8x (grouped statistics) and 1.4x (even with pooled statistics) the time of 32
+calls of 200 (activations of 6,400 images leave the caches); ``views_per_call=32`` is one call, for
+accelerators.
 
 **Randomness.** The views and the restore masks come from a CPU :class:`torch.Generator` the method owns:
 seeded with the constructor's ``seed``, or ``torch.initial_seed()`` at setup (the run seed, which
@@ -122,6 +127,8 @@ class CoTTA(Method):
         "threshold": HParam(0.92, "augment the teacher when the anchor's mean confidence is below this", 0.0, 1.0,
                             search=(0.0, 0.5, 0.72, 0.92, 1.0)),
         "augmentations": HParam(32, "augmented views averaged by the teacher", 1, 1024, search=(8, 16, 32)),
+        "views_per_call": HParam(1, "augmented views per teacher call (each view keeps its own BN statistics)",
+                                 1, 1024, search=(1, 8, 32)),
         "soft_augment": HParam(False, "the narrower ('soft') augmentation ranges", search=(False, True)),
         "noise_std": HParam(0.005, "std of the views' additive Gaussian noise", 0.0, 1.0),
         "symmetric": HParam(False, "symmetric cross-entropy (MD's ImageNet loss) instead of CE(teacher, student)",
@@ -173,16 +180,19 @@ class CoTTA(Method):
         if not confidence < self.hp["threshold"]:
             return self.teacher(x)
         self.augmented_batches += 1
-        n = self.hp["augmentations"]
+        n, per_call, b = self.hp["augmentations"], self.hp["views_per_call"], x.shape[0]
         views = cotta_augment(x, n, self.generator, self.hp["soft_augment"], self.hp["noise_std"])
-        for layer in self.teacher_norms:
-            layer.views = n
+        logits = []
         try:
-            logits = self.teacher(views)
+            for start in range(0, n, per_call):
+                chunk = views[start * b:(start + per_call) * b]
+                for layer in self.teacher_norms:
+                    layer.views = chunk.shape[0] // b
+                logits.append(self.teacher(chunk))
         finally:
             for layer in self.teacher_norms:
                 layer.views = 1
-        return logits.view(n, x.shape[0], -1).mean(0)
+        return torch.cat(logits).view(n, b, -1).mean(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for _ in range(self.hp["steps"]):
