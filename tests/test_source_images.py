@@ -88,9 +88,13 @@ def test_cifar_source_images_training_batches_else_clean_test_images_and_identit
                      labels[i * 400:(i + 1) * 400])
     with_train = Run(config)
     assert with_train.run_key != with_test.run_key
-    assert with_train.data_fingerprint != with_test.data_fingerprint
+    # the test data is the same (one leaderboard table with eta's rows), the source images are not
+    assert with_train.data_fingerprint == with_test.data_fingerprint == Run(
+        RunConfig(**{**config.__dict__, "method": "eta", "hparams": {}})).data_fingerprint
+    assert with_train.source_fingerprint != with_test.source_fingerprint
     rows = with_train.execute(store=store)
     assert rows[0]["extra"]["fisher_data"] == "200 CIFAR-10 training images"
+    assert rows[0]["extra"]["source_fingerprint"] == with_train.source_fingerprint
     assert len(store.finished(with_train.run_key)) == 1 and len(store.finished(with_test.run_key)) == 1
 
 

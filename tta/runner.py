@@ -155,9 +155,11 @@ class Run:
         #: clean source images of a method that needs them (EATA's Fisher), read when the run starts
         self.source = self._source_images()
         files = self.protocol.reader.data_files(self.domains, self.protocol.root)
-        if self.source is not None and files is not None:
-            files = [*files, *self.source.files]
+        #: the test data's fingerprint (a table key of the leaderboard); clean source images a method reads
+        #: have their own, part of the run identity, so a stored row is served only for the same both
         self.data_fingerprint = fingerprint(files, self.protocol.root)
+        self.source_fingerprint = (fingerprint(self.source.files, self.protocol.root)
+                                   if self.source is not None and files is not None else None)
         #: the data root is part of the identity only where data is read from it
         self.data_root = None if self.data_fingerprint == PROCEDURAL else str(self.protocol.root)
         self.run_key = self._run_key()
@@ -223,6 +225,7 @@ class Run:
         }
         if self.source is not None:  # the source images a method estimated something on
             identity["source_images"] = self.source.description
+            identity["source_fingerprint"] = self.source_fingerprint
         if not self.scenario.independent:
             identity["sequence"] = [d.key for d in self.domains]
         if self.protocol.reader.data_source is not None:  # official and self-built data never share cells
@@ -357,7 +360,8 @@ class Run:
             "method_s": method_s, "wall_s": wall_s, "peak_mem_mb": _peak_memory_mb(self.device),
             "extra": {**result.get("extra", {}), **self.method.row_extra(), **segment.extra(),
                       **self._engine_extra(), **self._provenance(), **self.protocol.reader.row_extra(segment.key),
-                      **self.window_extra, "nonfinite_resets": nonfinite_resets, "compiled": self.compiled},
+                      **self.window_extra, "nonfinite_resets": nonfinite_resets, "compiled": self.compiled,
+                      **({"source_fingerprint": self.source_fingerprint} if self.source_fingerprint else {})},
         }
 
     def _decide_compile(self, segment_images: int | None) -> None:
