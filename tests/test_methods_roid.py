@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from helpers import random_resnet20
-from tta.methods.roid import (ROID, prior_correction, roid_view, roid_weights, soft_likelihood_ratio,
-                              symmetric_cross_entropy)
+from tta.methods.losses import symmetric_cross_entropy
+from tta.methods.roid import ROID, prior_correction, roid_view, roid_weights, soft_likelihood_ratio
 from tta.runner import Run, RunConfig
 
 

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from helpers import random_resnet20
 from tta.errors import UserError
-from tta.methods.t3a import T3A, prototype_logits, select_supports, softmax_entropy
+from tta.methods.t3a import T3A, prototype_logits, select_supports
+from tta.methods.tent import softmax_entropy
 from tta.models.split import split_classifier
 from tta.runner import Run, RunConfig
 

@@ -62,6 +62,7 @@ from tta.hparams import HParam
 from tta.methods.affine_adapt import OPTIMIZERS, _refuse_single_value, optimizer_hparams
 from tta.methods.augmentations import cotta_augment
 from tta.methods.base import Method, all_finite
+from tta.methods.losses import soft_cross_entropy, symmetric_cross_entropy
 from tta.methods.norm_layers import StatsNorm, replace_batchnorms
 from tta.methods.weight_averaging import ema_update_, frozen_copy
 from tta.registry import register_method
@@ -96,11 +97,7 @@ def weights_and_biases(model: nn.Module) -> list[torch.Tensor]:
 
 def consistency_loss(student: torch.Tensor, teacher: torch.Tensor, symmetric: bool) -> torch.Tensor:
     """Per-row cross-entropy of the student's softmax against the teacher's (symmetric: mean of both ways)."""
-    forward = -(teacher.softmax(1) * student.log_softmax(1)).sum(1)
-    if not symmetric:
-        return forward
-    return -0.5 * (teacher.softmax(1) * student.log_softmax(1)).sum(1) - 0.5 * (
-        student.softmax(1) * teacher.log_softmax(1)).sum(1)
+    return symmetric_cross_entropy(student, teacher, 0.5) if symmetric else soft_cross_entropy(student, teacher)
 
 
 @torch.no_grad()

@@ -68,25 +68,16 @@ from tta.hparams import HParam
 from tta.methods.affine_adapt import AffineAdaptMethod, GradTestBatchNorm, optimizer_hparams
 from tta.methods.augmentations import COTTA_JITTER, _colour_op, _uniform
 from tta.methods.base import all_finite
+from tta.methods.losses import symmetric_cross_entropy
+from tta.methods.tent import softmax_entropy
 from tta.methods.weight_averaging import ema_update_
 from tta.registry import register_method
-
-
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Per-example Shannon entropy ``-sum_c p_c log p_c`` of ``softmax(logits)``."""
-    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
 
 
 def soft_likelihood_ratio(logits: torch.Tensor, clip: float = 0.99, eps: float = 1e-5) -> torch.Tensor:
     """Per-example ``-sum_c p_c log(p_c / (1 - p_c) + eps)``, ``p = clamp(softmax(logits), 0, clip)``."""
     probs = logits.softmax(1).clamp(0.0, clip)
     return -(probs * torch.log(probs / (torch.ones_like(probs) - probs) + eps)).sum(1)
-
-
-def symmetric_cross_entropy(view: torch.Tensor, anchor: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """Per-example ``-(1 - alpha) CE(softmax(anchor), view) - alpha CE(softmax(view), anchor)`` (logits in)."""
-    return (-(1 - alpha) * (anchor.softmax(1) * view.log_softmax(1)).sum(1)
-            - alpha * (view.softmax(1) * anchor.log_softmax(1)).sum(1))
 
 
 @torch.no_grad()
@@ -97,7 +88,7 @@ def roid_weights(logits: torch.Tensor, class_probs: torch.Tensor, temperature: f
     diversity = 1 - F.cosine_similarity(class_probs.unsqueeze(0), logits.softmax(1), dim=1)
     diversity = (diversity - diversity.min()) / (diversity.max() - diversity.min())
     dropped = diversity < diversity.mean()
-    certainty = -entropy(logits)
+    certainty = -softmax_entropy(logits)
     certainty = (certainty - certainty.min()) / (certainty.max() - certainty.min())
     weights = torch.exp(diversity * certainty / temperature)
     weights[dropped] = 0.0

@@ -38,13 +38,9 @@ import torch.nn.functional as F
 from tta.errors import UserError
 from tta.hparams import HParam
 from tta.methods.base import Method, all_finite
+from tta.methods.tent import softmax_entropy
 from tta.models.split import split_classifier
 from tta.registry import register_method
-
-
-def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """``-(softmax * log_softmax).sum(1)``: per-row entropy, the authors' float order."""
-    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
 
 
 def select_supports(entropy: torch.Tensor, labels: torch.Tensor, filter_k: int) -> torch.Tensor:
