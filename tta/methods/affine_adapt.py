@@ -70,8 +70,13 @@ OPTIMIZERS: dict[str, Callable[[list[torch.Tensor], dict[str, Any]], torch.optim
     "adam": lambda params, hp: torch.optim.Adam(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
                                                 weight_decay=hp["weight_decay"]),
     "sgd": lambda params, hp: torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"],
-                                              weight_decay=hp["weight_decay"]),
+                                              weight_decay=hp["weight_decay"], nesterov=hp.get("nesterov", False)),
 }
+
+
+def nesterov_hparam(default: bool) -> dict[str, HParam]:
+    """The ``nesterov`` switch of the SGD factory (methods whose reference uses Nesterov momentum)."""
+    return {"nesterov": HParam(default, "Nesterov momentum (SGD only)", search=(True, False))}
 
 
 def optimizer_hparams(lr: float) -> dict[str, HParam]:
@@ -109,6 +114,8 @@ class AffineAdaptMethod(Method):
         if self.hp["optimizer"] not in OPTIMIZERS:
             raise UserError(f"method {self.name!r}: unknown optimizer {self.hp['optimizer']!r} "
                             f"(choose one of: {', '.join(OPTIMIZERS)})")
+        if self.hp["optimizer"] == "sgd" and self.hp.get("nesterov") and self.hp["momentum"] <= 0.0:
+            raise UserError(f"method {self.name!r}: Nesterov SGD needs momentum > 0 (or --hp nesterov=false)")
         self._last_loss: torch.Tensor | None = None
 
     # -- what subclasses define ------------------------------------------------------

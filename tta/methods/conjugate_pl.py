@@ -41,9 +41,9 @@ from __future__ import annotations
 
 import torch
 
-from tta.errors import UserError
 from tta.hparams import HParam
-from tta.methods.affine_adapt import OPTIMIZERS, AffineAdaptMethod, GradTestBatchNorm, optimizer_hparams
+from tta.methods.affine_adapt import (OPTIMIZERS, AffineAdaptMethod, GradTestBatchNorm, nesterov_hparam,
+                                      optimizer_hparams)
 from tta.registry import register_method
 
 
@@ -66,27 +66,8 @@ class ConjugatePL(AffineAdaptMethod):
         **optimizer_hparams(lr=1e-3),
         "optimizer": HParam("sgd", f"optimizer of the affine parameters: {', '.join(OPTIMIZERS)}",
                             search=tuple(OPTIMIZERS)),
-        "nesterov": HParam(True, "Nesterov momentum (SGD only)", search=(True, False)),
+        **nesterov_hparam(True),
     }
-
-    def __init__(self, **overrides):
-        super().__init__(**overrides)
-        if self.hp["optimizer"] == "sgd" and self.hp["nesterov"] and self.hp["momentum"] <= 0.0:
-            raise UserError("conjugate_pl: Nesterov SGD needs momentum > 0 (or --hp nesterov=false)")
-
-    def configure(self, model):
-        super().configure(model)
-        self._set_nesterov()
-
-    def reset_state(self):
-        super().reset_state()
-        self._set_nesterov()
-
-    def _set_nesterov(self) -> None:
-        """The shared optimizer factory builds plain SGD; switch its groups to Nesterov (Adam has no such key)."""
-        for group in self.optimizer.param_groups:
-            if "nesterov" in group:
-                group["nesterov"] = self.hp["nesterov"]
 
     def make_layer(self, bn):
         return GradTestBatchNorm(bn)

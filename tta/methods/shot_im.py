@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import torch
 
-from tta.errors import UserError
 from tta.hparams import HParam
-from tta.methods.affine_adapt import OPTIMIZERS, AffineAdaptMethod, GradTestBatchNorm, optimizer_hparams
+from tta.methods.affine_adapt import (OPTIMIZERS, AffineAdaptMethod, GradTestBatchNorm, nesterov_hparam,
+                                      optimizer_hparams)
 from tta.models.split import split_classifier
 from tta.registry import register_method
 
@@ -58,14 +58,9 @@ class SHOTIM(AffineAdaptMethod):
         "optimizer": HParam("sgd", f"optimizer of the feature extractor: {', '.join(OPTIMIZERS)}",
                             search=tuple(OPTIMIZERS)),
         "weight_decay": HParam(1e-3, "weight decay", 0.0, 1.0, search=(0.0, 1e-4, 1e-3)),
-        "nesterov": HParam(True, "Nesterov momentum (SGD only)", search=(True, False)),
+        **nesterov_hparam(True),
         "eps": HParam(1e-5, "epsilon inside both logarithms", 0.0, 1.0),
     }
-
-    def __init__(self, **overrides):
-        super().__init__(**overrides)
-        if self.hp["optimizer"] == "sgd" and self.hp["nesterov"] and self.hp["momentum"] <= 0.0:
-            raise UserError("method 'shot_im': Nesterov SGD needs momentum > 0 (or --hp nesterov=false)")
 
     def configure(self, model) -> None:
         self.features, self.classifier = split_classifier(model, "method 'shot_im'")
@@ -74,13 +69,7 @@ class SHOTIM(AffineAdaptMethod):
         self.params = [p for p in model.parameters() if id(p) not in frozen]
         for p in self.params:
             p.requires_grad_(True)
-        self.reset_state()
-
-    def reset_state(self) -> None:
-        super().reset_state()
-        for group in self.optimizer.param_groups:
-            if "nesterov" in group:
-                group["nesterov"] = self.hp["nesterov"]
+        self.reset_state()  # the optimizer over these parameters
 
     def make_layer(self, bn):
         return GradTestBatchNorm(bn)
