@@ -13,7 +13,8 @@ times that under load), with the 2 threads that made the files. What is compared
   ``RETRAIN_DIGESTS`` keyed by (vendor, CPU family, CPU model, torch, threads). The shipped
   files came from a 2-core AMD EPYC whose CPU family was not recorded (a retrain there
   equalled them twice each); on an AMD EPYC of family 26 model 2 (Zen 5) the retrain is
-  deterministic but differs in its last bits (digests below, measured in CI and here). File
+  deterministic but differs in its last bits (digests below, measured in CI and here), and so
+  on an Intel machine of family 6 model 167. File
   hashes cannot be compared (``torch.save`` embeds a random serialization id), content
   digests can. Skipped on a machine kind without a recorded digest.
 * Everywhere: predictions. Retraining with 1 thread instead of 2, a stand-in for another
@@ -99,6 +100,10 @@ RETRAIN_DIGESTS = {
     ("AuthenticAMD", "26", "2", "2.14.1", 2): {
         "smoke_cnn": "033c4707b1f63f8c8fcbe95a0618d990dd0392660e5b1e0bf2bd17e603d004d7",
         "street_seg": "5fa21db91be7546f85e1a198b6cf393bb818e569c2346ef4890c0173615fe762",
+    },
+    ("GenuineIntel", "6", "167", "2.14.1", 2): {  # two retrains here gave these, identical (2026-12-02)
+        "smoke_cnn": "3cd3bf07943e21452cb8d5947021b37c9e5d03bc5114af157ecf89e4a9635d9a",
+        "street_seg": "71e676508171ba4c93f8aa7f0fd9752b489054b4efff952405d5a90a7af9c161",
     },
 }
 
