@@ -476,8 +476,8 @@ def compile_pays(images: int | None, method: Method, device: torch.device) -> bo
     """Whether ``torch.compile`` repays its warm-up on a run of ``images`` (estimated from the first
     segment's size x the segments to run; ``None``: unknown) for ``method`` on ``device``.
 
-    Measured here (ResNet-20, batch 200, CIFAR-10-C, 1 thread, torch 2.14.1 CPU; /tmp/bench_compile
-    runs in the closing note of this change): a cold compile costs about 30 s (inductor's on-disk
+    Measured with ``benchmarks/bench_compile.py`` (ResNet-20, batch 200, CIFAR-10-C, 1 thread, torch
+    2.14.1 CPU, 2026-12-02): a cold compile costs about 30 s (inductor's on-disk
     cache makes later runs start in about 1 s), and the compiled loop is 1.2-1.25x faster for
     ``bn_adapt`` (990 against 800 img/s) and ``tent``: about 0.25 ms saved per image, so the cold
     warm-up is repaid after roughly 120,000 images. Compile therefore runs by default from
