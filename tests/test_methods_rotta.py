@@ -20,7 +20,7 @@ def _sig(a: float) -> float:
 
 
 def _contents(memory):
-    return [[(float(item.image), item.age) for item in items] for items in memory.classes]
+    return [[(float(item.image), memory.age(item)) for item in items] for items in memory.classes]
 
 
 def test_memory_insertion_and_eviction_within_a_full_class_by_hand():

@@ -97,7 +97,8 @@ class RobustBatchNorm(StatsNorm):
 class MemoryItem:
     image: torch.Tensor
     uncertainty: float
-    age: int = 0
+    #: how many images the memory had been offered before this one (its age is derived from it)
+    born: int = 0
 
 
 class CategoryBalancedMemory:
@@ -108,6 +109,7 @@ class CategoryBalancedMemory:
         self.per_class = capacity / num_classes
         self.lambda_t, self.lambda_u = lambda_t, lambda_u
         self.classes: list[list[MemoryItem]] = [[] for _ in range(num_classes)]
+        self.offered = 0  # images offered so far: every stored image ages by one per offer
 
     def __len__(self) -> int:
         return sum(len(items) for items in self.classes)
@@ -119,10 +121,12 @@ class CategoryBalancedMemory:
     def add(self, image: torch.Tensor, label: int, uncertainty: float) -> None:
         """Offer one image with its pseudo-label and entropy; then every stored image ages by one."""
         if self._make_room(label, self.score(0, uncertainty)):
-            self.classes[label].append(MemoryItem(image, uncertainty))
-        for items in self.classes:
-            for item in items:
-                item.age += 1
+            self.classes[label].append(MemoryItem(image, uncertainty, self.offered))
+        self.offered += 1
+
+    def age(self, item: MemoryItem) -> int:
+        """Offers since ``item`` was stored, its own included (1 right after its ``add``)."""
+        return self.offered - item.born
 
     def _make_room(self, label: int, new_score: float) -> bool:
         if len(self.classes[label]) >= self.per_class:
@@ -136,7 +140,7 @@ class CategoryBalancedMemory:
         best = None  # (score, class, index); ties go to the later item
         for c in classes:
             for i, item in enumerate(self.classes[c]):
-                s = self.score(item.age, item.uncertainty)
+                s = self.score(self.age(item), item.uncertainty)
                 if best is None or s >= best[0]:
                     best = (s, c, i)
         if best is None:
@@ -149,7 +153,7 @@ class CategoryBalancedMemory:
     def batch(self) -> tuple[list[torch.Tensor], list[float]]:
         """The stored images class by class, and their ages divided by the capacity."""
         items = [item for items in self.classes for item in items]
-        return [item.image for item in items], [item.age / self.capacity for item in items]
+        return [item.image for item in items], [self.age(item) / self.capacity for item in items]
 
 
 def timeliness_weights(ages: list[float]) -> torch.Tensor:
