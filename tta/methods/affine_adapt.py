@@ -79,6 +79,15 @@ def nesterov_hparam(default: bool) -> dict[str, HParam]:
     return {"nesterov": HParam(default, "Nesterov momentum (SGD only)", search=(True, False))}
 
 
+def check_optimizer(method: str, hp: dict[str, Any]) -> None:
+    """Refuse, in one line, an optimizer name :data:`OPTIMIZERS` lacks or Nesterov SGD without momentum."""
+    if hp["optimizer"] not in OPTIMIZERS:
+        raise UserError(f"method {method!r}: unknown optimizer {hp['optimizer']!r} "
+                        f"(choose one of: {', '.join(OPTIMIZERS)})")
+    if hp["optimizer"] == "sgd" and hp.get("nesterov") and hp["momentum"] <= 0.0:
+        raise UserError(f"method {method!r}: Nesterov SGD needs momentum > 0 (or --hp nesterov=false)")
+
+
 def optimizer_hparams(lr: float) -> dict[str, HParam]:
     """The optimizer's hyperparameters (Tent's CIFAR setting: Adam, lr 1e-3, betas (0.9, 0.999))."""
     return {
@@ -111,11 +120,7 @@ class AffineAdaptMethod(Method):
 
     def __init__(self, **overrides: Any) -> None:
         super().__init__(**overrides)
-        if self.hp["optimizer"] not in OPTIMIZERS:
-            raise UserError(f"method {self.name!r}: unknown optimizer {self.hp['optimizer']!r} "
-                            f"(choose one of: {', '.join(OPTIMIZERS)})")
-        if self.hp["optimizer"] == "sgd" and self.hp.get("nesterov") and self.hp["momentum"] <= 0.0:
-            raise UserError(f"method {self.name!r}: Nesterov SGD needs momentum > 0 (or --hp nesterov=false)")
+        check_optimizer(self.name, self.hp)
         self._last_loss: torch.Tensor | None = None
 
     # -- what subclasses define ------------------------------------------------------

@@ -59,7 +59,7 @@ from torch import nn
 
 from tta.errors import UserError
 from tta.hparams import HParam
-from tta.methods.affine_adapt import OPTIMIZERS, _refuse_single_value, optimizer_hparams
+from tta.methods.affine_adapt import OPTIMIZERS, _refuse_single_value, check_optimizer, optimizer_hparams
 from tta.methods.augmentations import cotta_augment
 from tta.methods.base import Method, all_finite
 from tta.methods.losses import soft_cross_entropy, symmetric_cross_entropy
@@ -135,9 +135,7 @@ class CoTTA(Method):
 
     def __init__(self, seed: int | None = None, **overrides: Any) -> None:
         super().__init__(**overrides)
-        if self.hp["optimizer"] not in OPTIMIZERS:
-            raise UserError(f"method 'cotta': unknown optimizer {self.hp['optimizer']!r} "
-                            f"(choose one of: {', '.join(OPTIMIZERS)})")
+        check_optimizer(self.name, self.hp)
         #: seed of the views and restore masks; ``None``: ``torch.initial_seed()`` at setup (the run seed)
         self.seed = seed
         self.generator = torch.Generator()
@@ -206,7 +204,7 @@ class CoTTA(Method):
         return teacher
 
     def diverged(self) -> bool:
-        tensors = [*self.params, *self.teacher_params] + ([] if self._last_loss is None else [self._last_loss])
+        tensors = self.touched_tensors() + ([] if self._last_loss is None else [self._last_loss])
         return not all_finite(tensors)
 
     def row_extra(self) -> dict[str, Any]:

@@ -58,7 +58,7 @@ from torch import nn
 
 from tta.errors import UserError
 from tta.hparams import HParam
-from tta.methods.affine_adapt import AFFINE_NORMALIZATIONS, OPTIMIZERS, optimizer_hparams
+from tta.methods.affine_adapt import AFFINE_NORMALIZATIONS, OPTIMIZERS, check_optimizer, optimizer_hparams
 from tta.methods.augmentations import cotta_augment
 from tta.methods.base import Method, all_finite
 from tta.methods.cotta import consistency_loss
@@ -182,9 +182,7 @@ class RoTTA(Method):
 
     def __init__(self, seed: int | None = None, **overrides: Any) -> None:
         super().__init__(**overrides)
-        if self.hp["optimizer"] not in OPTIMIZERS:
-            raise UserError(f"method 'rotta': unknown optimizer {self.hp['optimizer']!r} "
-                            f"(choose one of: {', '.join(OPTIMIZERS)})")
+        check_optimizer(self.name, self.hp)
         self.seed = seed
         self.generator = torch.Generator()
         self._last_loss: torch.Tensor | None = None
@@ -263,7 +261,7 @@ class RoTTA(Method):
         return logits
 
     def diverged(self) -> bool:
-        tensors = [*self.touched_tensors()] + ([] if self._last_loss is None else [self._last_loss])
+        tensors = self.touched_tensors() + ([] if self._last_loss is None else [self._last_loss])
         return not all_finite(tensors)
 
     def row_extra(self) -> dict[str, Any]:
