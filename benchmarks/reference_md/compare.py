@@ -72,6 +72,8 @@ class Pairing:
     md_cuda_stub: bool = False
     #: name of a function of this module applied to MD's instance after construction (a fix MD needs on CPU)
     md_patch: str = ""
+    #: MD's ``reset`` itself draws from the global generator (AdaContrast's initial queue): seed it before too
+    md_draws_at_reset: bool = False
 
 
 PAIRINGS = {
@@ -88,6 +90,9 @@ PAIRINGS = {
     "lame": Pairing("methods.lame", "LAME", "lame.yaml", md_probabilities=True),
     "roid": Pairing("methods.roid", "ROID", "roid.yaml", seeded=True),
     "cmf": Pairing("methods.cmf", "CMF", "cmf.yaml", seeded=True, md_cuda_stub=True),
+    "adacontrast": Pairing("methods.adacontrast", "AdaContrast", "adacontrast.yaml", seeded=True,
+                           md_patch="adacontrast_views", md_draws_at_reset=True),
+    "memo": Pairing("methods.memo", "MEMO", "memo.yaml", seeded=True, md_patch="memo_views"),
 }
 
 MD_PATHS = ("classification/methods", "classification/utils", "classification/augmentations", "classification/conf.py", "classification/cfgs/cifar10_c")
@@ -113,6 +118,21 @@ class _Unused(nn.Module):
     """Stands in for MD model classes the harness never builds."""
 
 
+class _SplitModel(nn.Module):
+    """Stands in for MD's ``models.model.BaseModel`` (AdaContrast's encoder + fc view of a model): tta's
+    declared split, ``forward(x, return_feats)`` -> logits or (features, logits), ``num_classes``, ``output_dim``."""
+
+    def __init__(self, model: nn.Module, *unused) -> None:
+        super().__init__()
+        self.encoder, self.fc = split_classifier(model, "MD's BaseModel stub")
+        self.num_classes, self.output_dim = self.fc.out_features, self.fc.in_features
+
+    def forward(self, x, return_feats=False):
+        feats = self.encoder(x).flatten(1)
+        logits = self.fc(feats)
+        return (feats, logits) if return_feats else logits
+
+
 #: the Fisher batches MD's EATA gets from the stubbed ``get_source_loader`` (set per run)
 FISHER_BATCHES: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -123,7 +143,7 @@ def install_md(md_root: Path):
     _module("iopath.common")
     _module("iopath.common.file_io", g_pathmgr=None)
     _module("models", __path__=[])
-    _module("models.model", ResNetDomainNet126=_Unused,
+    _module("models.model", ResNetDomainNet126=_Unused, BaseModel=_SplitModel,
             split_up_model=lambda model, *a, **k: split_classifier(model, "MD's split_up_model stub"))
     _module("datasets", __path__=[])
     _module("datasets.data_loading", get_source_loader=lambda **kwargs: (None, list(FISHER_BATCHES)))
@@ -222,12 +242,15 @@ def main(argv=None) -> None:
             labels = np.load(Path(args.data_root) / "CIFAR-10-C" / "labels.npy")[:len(images)].astype(np.int64)
             order = shuffled(len(labels), args.seed, f"{corruption}-{args.severity}", args.n)
             if args.setting == "episodic" or index == 0:
+                if pairing.md_draws_at_reset:
+                    torch.manual_seed(md_rng_seed)
                 ours.reset()
                 ref.reset()
                 for name, value in (kv.split("=", 1) for kv in args.md_reset_attr):
                     setattr(ref, name, float(value))
                 if pairing.seeded:
                     torch.manual_seed(md_rng_seed)
+                    np.random.seed(md_rng_seed)  # MD's AugMix (memo) draws from numpy's global generator
             wrong, seconds, gap = [0, 0], [0.0, 0.0], 0.0
             for batch in batches(images, labels, order, args.batch_size, corruption):
                 outputs = []
@@ -303,6 +326,8 @@ def _md_summary(cfg, pairing: Pairing) -> str:
             "rdumb.yaml": (*eata, "MODEL.RESET_AFTER_NUM_UPDATES"),
             "rotta.yaml": (*eata[:4], "OPTIM.WD", "ROTTA.MEMORY_SIZE", "ROTTA.UPDATE_FREQUENCY", "ROTTA.NU",
                            "ROTTA.ALPHA", "ROTTA.LAMBDA_T", "ROTTA.LAMBDA_U"),
+            "memo.yaml": ("OPTIM.METHOD", "OPTIM.LR", "OPTIM.STEPS", "OPTIM.MOMENTUM", "OPTIM.NESTEROV", "OPTIM.WD",
+                          "BN.ALPHA", "TEST.N_AUGMENTATIONS"),
             "cotta.yaml": (*eata[:4], "OPTIM.WD", "M_TEACHER.MOMENTUM", "COTTA.RST", "COTTA.AP",
                            "TEST.N_AUGMENTATIONS"),
             "cmf.yaml": (*eata[:4], "OPTIM.WD", "ROID.USE_WEIGHTING", "ROID.USE_PRIOR_CORRECTION",
@@ -310,6 +335,9 @@ def _md_summary(cfg, pairing: Pairing) -> str:
                          "CMF.Q", "CMF.TYPE"),
             "roid.yaml": (*eata[:4], "OPTIM.WD", "ROID.USE_WEIGHTING", "ROID.USE_PRIOR_CORRECTION",
                           "ROID.USE_CONSISTENCY", "ROID.MOMENTUM_SRC", "ROID.MOMENTUM_PROBS", "ROID.TEMPERATURE"),
+            "adacontrast.yaml": (*eata[:4], "OPTIM.MOMENTUM", "OPTIM.NESTEROV", "OPTIM.WD", "M_TEACHER.MOMENTUM",
+                                 "CONTRAST.TEMPERATURE", "ADACONTRAST.QUEUE_SIZE", "ADACONTRAST.CONTRAST_TYPE",
+                                 "ADACONTRAST.NUM_NEIGHBORS", "ADACONTRAST.DIST_TYPE", "ADACONTRAST.CE_SUP_TYPE"),
             "deyo.yaml": (*eata[:4], "OPTIM.WD", "EATA.MARGIN_E0", "DEYO.MARGIN", "DEYO.PLPD", "DEYO.REWEIGHT_ENT",
                           "DEYO.REWEIGHT_PLPD", "DEYO.AUG_TYPE", "DEYO.PATCH_LEN")}.get(pairing.md_config, eata)
     values = []
@@ -326,6 +354,49 @@ def rotta_cpu_fix(ref) -> None:
     that takes no argument: on CPU it raises TypeError. Call it without the argument, nothing else changed."""
     compute = ref.loss_calculation
     ref.loss_calculation = lambda *unused: compute()
+
+
+def memo_views(ref) -> None:
+    """MD's MEMO takes what its loader's ``AugMixAugmenter`` makes of one PIL image, ``[image, view_1..view_32]``
+    (each a batch of one): each image of the harness's batch goes through MD's own augmenter (extracted with its
+    code; ``base_transform`` None as for CIFAR) and then MD's ``forward``. Episodic per image, as MD's config
+    (``MODEL.EPISODIC: True``, which ``md_method`` turns off): MD's ``reset`` before each image."""
+    from augmentations.transforms_augmix import AugMixAugmenter
+    from PIL import Image
+    from torchvision import transforms
+
+    augmenter = AugMixAugmenter(None, transforms.Compose([transforms.ToTensor()]), dataset_name="cifar10_c",
+                                n_views=ref.cfg.TEST.N_AUGMENTATIONS, use_augmix=True)
+    ref.episodic = True
+    forward = ref.forward
+
+    def per_image(x):
+        outputs = []
+        for image in x:
+            pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+            outputs.append(forward([view.unsqueeze(0) for view in augmenter(Image.fromarray(pixels))]))
+        return torch.cat(outputs)
+
+    ref.forward = per_image
+
+
+def adacontrast_views(ref) -> None:
+    """MD's AdaContrast takes the batch as the four views its data loader makes (``twss``, ``moco-v2-light``,
+    32 x 32; ``datasets/data_loading.py``): here MD's own transform is applied to each raw test image (as a
+    PIL image, exact for images read from uint8) and the views stacked. ``--md-no-augment`` replaces it by the
+    identity: all four views are the raw batch."""
+    from augmentations.transforms_adacontrast import get_augmentation_versions
+    from torchvision.transforms.functional import to_pil_image
+
+    views = get_augmentation_versions(aug_versions="twss", aug_type="moco-v2-light", res_size=(32, 32), crop_size=32)
+    ref.transform = lambda x: [torch.stack(v) for v in zip(*(views(to_pil_image(img)) for img in x))]
+    forward = ref.forward
+
+    def forward_views(x):
+        made = ref.transform(x)
+        return forward(made if isinstance(made, list) else [made] * 4)
+
+    ref.forward = forward_views
 
 
 def clear_optimizer_state_on_reset(ref) -> None:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 
 
 def patch_permutations(batch: int, patches: int, generator: torch.Generator) -> torch.Tensor:
@@ -211,3 +213,173 @@ def cotta_augment(x: torch.Tensor, views: int, generator: torch.Generator, soft:
     y = band(h).unsqueeze(1) @ (y @ band(w).transpose(1, 2).unsqueeze(1))
     noise = torch.stack([d["noise"] for d in draws]).to(dev)
     return (y.view(views, b, c, h, w) + noise).clamp(0.0, 1.0).view(views * b, c, h, w)
+
+
+#: ColorJitter(0.4, 0.4, 0.4, 0.1) of MoCo v2: brightness, contrast, saturation factors and hue shift ranges
+MOCO_JITTER = ((0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1))
+
+
+def _hflip_rows(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def _gaussian_blur_rows(x: torch.Tensor, sigma: torch.Tensor, half: int = 6) -> torch.Tensor:
+    """Per-image separable Gaussian blur (std ``sigma[b]`` pixels, taps to +-``half``, reflected borders)."""
+    b, c, h, w = x.shape
+    taps = torch.arange(-half, half + 1, dtype=x.dtype, device=x.device)
+    kern = torch.exp(-0.5 * (taps.view(1, -1) / sigma.view(-1, 1).to(x)) ** 2)
+    kern = (kern / kern.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B * C, taps)
+    y = F.pad(x.reshape(1, b * c, h, w), (half, half, half, half), mode="reflect")
+    y = F.conv2d(y, kern.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(y, kern.view(b * c, 1, -1, 1), groups=b * c)
+    return y.view(b, c, h, w)
+
+
+def moco_light_views(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """AdaContrast's CIFAR views of ``x`` (B, 3, H, W) in [0, 1]: one weak and two strong, drawn per image.
+
+    Weak (MD's ``plain`` at the image's own size): a horizontal flip with p 0.5. Strong (``moco-v2-light``,
+    Chen et al. 2020, MoCo v2): with p 0.8 colour jitter (brightness, contrast, saturation in [0.6, 1.4],
+    hue shift in [-0.1, 0.1] turns) in a random order per image, grey with p 0.2, a Gaussian blur with
+    sigma ~ U(0.1, 2) with p 0.5, a horizontal flip with p 0.5. The jitter operations are those of
+    :func:`cotta_augment`; the blur is a sampled Gaussian (PIL's ``GaussianBlur`` of the reference uses
+    box approximations of it).
+    """
+    b = len(x)
+    weak = _hflip_rows(x, generator)
+    strong = []
+    for _ in range(2):
+        y = x.clamp(0.0, 1.0).clone()
+        jitter = (torch.rand(b, generator=generator) < 0.8).to(x.device)
+        orders = torch.stack([torch.randperm(4, generator=generator) for _ in range(b)]).to(x.device)
+        factors = torch.stack([torch.empty(b).uniform_(lo, hi, generator=generator) for lo, hi in MOCO_JITTER], 1)
+        factors = factors.to(x)
+        for step in range(4):
+            for op in range(4):
+                rows = torch.nonzero(jitter & (orders[:, step] == op)).squeeze(1)
+                if rows.numel():
+                    y[rows] = _colour_op(op, y[rows], factors[rows, op])
+        grey = (torch.rand(b, generator=generator) < 0.2).to(x.device)
+        y = torch.where(grey.view(-1, 1, 1, 1), _grayscale(y).expand_as(y), y)
+        blur = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        sigma = torch.empty(b).uniform_(0.1, 2.0, generator=generator)
+        y = torch.where(blur.view(-1, 1, 1, 1), _gaussian_blur_rows(y, sigma), y)
+        strong.append(_hflip_rows(y, generator))
+    return weak, strong[0], strong[1]
+
+
+# -- AugMix (MEMO's views) ---------------------------------------------------------------------------
+#
+# Hendrycks et al., "AugMix" (ICLR 2020), Eq. 1 and Algorithm 1, as MEMO uses it (Zhang, Levine & Finn,
+# NeurIPS 2022, Sec. 3) and as mariodoebler/test-time-adaptation 8b2ed63 ("MD") makes its views for CIFAR
+# (``classification/augmentations/transforms_augmix.py`` lines 10-40, operations in ``augmix_ops.py``; the
+# set without colour/contrast/brightness/sharpness, which overlap the test corruptions). One view of an
+# RGB uint8 image (PIL), in MD's order of draws:
+#
+#   pre-augmentation: zero-pad by 4, random crop back to H x W (top, left = randint(0, 9) twice, torch),
+#                     horizontal flip with probability 1/2 (torch rand(1) < 0.5);
+#   w ~ Dirichlet(1, 1, 1), m ~ Beta(1, 1)                           (numpy, both rounded to float32)
+#   chain k = 1..3: depth ~ randint(1, 4); depth times an operation ~ uniform over the 9 below (numpy)
+#   view = m * x + (1 - m) * sum_k w_k chain_k(x)                    (x: the pre-augmented image in [0, 1])
+#
+# An operation draws its level u ~ uniform(0.1, severity) (severity 1: MD's default) and, where it has a
+# direction, a sign (uniform() > 0.5: negative). torchvision's ``AugMix`` is a different recipe (tensor
+# operations incl. colour ops, per-chain severities, no pre-augmentation, torch draws only), hence this one.
+# The torch draws come from a :class:`torch.Generator` and the numpy draws from a legacy
+# :class:`numpy.random.RandomState`, both owned by the caller: seeded ``s`` they draw what MD draws from the
+# global generators after ``torch.manual_seed(s)`` and ``np.random.seed(s)``.
+
+def _level(rng: np.random.RandomState, severity: float) -> float:
+    return rng.uniform(0.1, severity)
+
+
+def _signed(value, rng: np.random.RandomState):
+    return -value if rng.uniform() > 0.5 else value
+
+
+def _affine(img: Image.Image, coefficients: tuple) -> Image.Image:
+    return img.transform(img.size, Image.AFFINE, coefficients, resample=Image.BILINEAR)
+
+
+def _autocontrast(img, severity, rng):
+    return ImageOps.autocontrast(img)
+
+
+def _equalize(img, severity, rng):
+    return ImageOps.equalize(img)
+
+
+def _posterize(img, severity, rng):
+    return ImageOps.posterize(img, 4 - int(_level(rng, severity) * 4 / 10))
+
+
+def _rotate(img, severity, rng):
+    return img.rotate(_signed(int(_level(rng, severity) * 30 / 10), rng), resample=Image.BILINEAR)
+
+
+def _solarize(img, severity, rng):
+    return ImageOps.solarize(img, 256 - int(_level(rng, severity) * 256 / 10))
+
+
+def _shear_x(img, severity, rng):
+    return _affine(img, (1, _signed(float(_level(rng, severity)) * 0.3 / 10, rng), 0, 0, 1, 0))
+
+
+def _shear_y(img, severity, rng):
+    return _affine(img, (1, 0, 0, _signed(float(_level(rng, severity)) * 0.3 / 10, rng), 1, 0))
+
+
+def _translate_x(img, severity, rng):
+    return _affine(img, (1, 0, _signed(int(_level(rng, severity) * (img.size[0] / 3) / 10), rng), 0, 1, 0))
+
+
+def _translate_y(img, severity, rng):
+    return _affine(img, (1, 0, 0, 0, 1, _signed(int(_level(rng, severity) * (img.size[1] / 3) / 10), rng)))
+
+
+#: AugMix's operations in MD's list order (``augmix_ops.augmentations``); the index drawn picks one
+AUGMIX_OPS = (_autocontrast, _equalize, _posterize, _rotate, _solarize, _shear_x, _shear_y, _translate_x,
+              _translate_y)
+
+
+def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(255)
+
+
+def augmix_view(image: np.ndarray, generator: torch.Generator, rng: np.random.RandomState,
+                severity: float = 1.0, pad: int = 4) -> torch.Tensor:
+    """One AugMix view (3, H, W) float32 in [0, 1] of ``image`` (H, W, 3) uint8, drawn as the comment above."""
+    h, w = image.shape[:2]
+    top = int(torch.randint(0, 2 * pad + 1, (1,), generator=generator))
+    left = int(torch.randint(0, 2 * pad + 1, (1,), generator=generator))
+    padded = np.zeros((h + 2 * pad, w + 2 * pad, 3), dtype=np.uint8)
+    padded[pad:pad + h, pad:pad + w] = image
+    crop = padded[top:top + h, left:left + w]
+    if bool(torch.rand(1, generator=generator) < 0.5):
+        crop = crop[:, ::-1]
+    crop = np.ascontiguousarray(crop)
+    weights = np.float32(rng.dirichlet([1.0, 1.0, 1.0]))
+    m = np.float32(rng.beta(1.0, 1.0))
+    x = _pil_to_tensor(Image.fromarray(crop))
+    mix = torch.zeros_like(x)
+    for k in range(3):
+        img = Image.fromarray(crop)
+        for _ in range(rng.randint(1, 4)):
+            img = AUGMIX_OPS[rng.randint(len(AUGMIX_OPS))](img, severity, rng)
+        mix += weights[k] * _pil_to_tensor(img)
+    return m * x + (1 - m) * mix
+
+
+def augmix_views(image: torch.Tensor, views: int, generator: torch.Generator, rng: np.random.RandomState,
+                 severity: float = 1.0) -> torch.Tensor:
+    """``views`` AugMix views (views, 3, H, W) of one image (3, H, W) in [0, 1], view after view.
+
+    The image is quantized to uint8 (``round(255 x)``: exact for images read from 8-bit files, as every
+    tta stream), since the operations are PIL's 8-bit ones.
+    """
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"augmix_views: one RGB image (3, H, W) expected, got {tuple(image.shape)}")
+    pixels = (image.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    pixels = np.ascontiguousarray(pixels)
+    return torch.stack([augmix_view(pixels, generator, rng, severity) for _ in range(views)]).to(image.device)
