@@ -72,8 +72,6 @@ class Pairing:
     md_cuda_stub: bool = False
     #: name of a function of this module applied to MD's instance after construction (a fix MD needs on CPU)
     md_patch: str = ""
-    #: MD's ``reset`` itself draws from the global generator (AdaContrast's initial queue): seed it before too
-    md_draws_at_reset: bool = False
 
 
 PAIRINGS = {
@@ -90,8 +88,6 @@ PAIRINGS = {
     "lame": Pairing("methods.lame", "LAME", "lame.yaml", md_probabilities=True),
     "roid": Pairing("methods.roid", "ROID", "roid.yaml", seeded=True),
     "cmf": Pairing("methods.cmf", "CMF", "cmf.yaml", seeded=True, md_cuda_stub=True),
-    "adacontrast": Pairing("methods.adacontrast", "AdaContrast", "adacontrast.yaml", seeded=True,
-                           md_patch="adacontrast_views", md_draws_at_reset=True),
     "memo": Pairing("methods.memo", "MEMO", "memo.yaml", seeded=True, md_patch="memo_views"),
 }
 
@@ -118,21 +114,6 @@ class _Unused(nn.Module):
     """Stands in for MD model classes the harness never builds."""
 
 
-class _SplitModel(nn.Module):
-    """Stands in for MD's ``models.model.BaseModel`` (AdaContrast's encoder + fc view of a model): tta's
-    declared split, ``forward(x, return_feats)`` -> logits or (features, logits), ``num_classes``, ``output_dim``."""
-
-    def __init__(self, model: nn.Module, *unused) -> None:
-        super().__init__()
-        self.encoder, self.fc = split_classifier(model, "MD's BaseModel stub")
-        self.num_classes, self.output_dim = self.fc.out_features, self.fc.in_features
-
-    def forward(self, x, return_feats=False):
-        feats = self.encoder(x).flatten(1)
-        logits = self.fc(feats)
-        return (feats, logits) if return_feats else logits
-
-
 #: the Fisher batches MD's EATA gets from the stubbed ``get_source_loader`` (set per run)
 FISHER_BATCHES: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -143,7 +124,7 @@ def install_md(md_root: Path):
     _module("iopath.common")
     _module("iopath.common.file_io", g_pathmgr=None)
     _module("models", __path__=[])
-    _module("models.model", ResNetDomainNet126=_Unused, BaseModel=_SplitModel,
+    _module("models.model", ResNetDomainNet126=_Unused,
             split_up_model=lambda model, *a, **k: split_classifier(model, "MD's split_up_model stub"))
     _module("datasets", __path__=[])
     _module("datasets.data_loading", get_source_loader=lambda **kwargs: (None, list(FISHER_BATCHES)))
@@ -242,8 +223,6 @@ def main(argv=None) -> None:
             labels = np.load(Path(args.data_root) / "CIFAR-10-C" / "labels.npy")[:len(images)].astype(np.int64)
             order = shuffled(len(labels), args.seed, f"{corruption}-{args.severity}", args.n)
             if args.setting == "episodic" or index == 0:
-                if pairing.md_draws_at_reset:
-                    torch.manual_seed(md_rng_seed)
                 ours.reset()
                 ref.reset()
                 for name, value in (kv.split("=", 1) for kv in args.md_reset_attr):
@@ -335,9 +314,6 @@ def _md_summary(cfg, pairing: Pairing) -> str:
                          "CMF.Q", "CMF.TYPE"),
             "roid.yaml": (*eata[:4], "OPTIM.WD", "ROID.USE_WEIGHTING", "ROID.USE_PRIOR_CORRECTION",
                           "ROID.USE_CONSISTENCY", "ROID.MOMENTUM_SRC", "ROID.MOMENTUM_PROBS", "ROID.TEMPERATURE"),
-            "adacontrast.yaml": (*eata[:4], "OPTIM.MOMENTUM", "OPTIM.NESTEROV", "OPTIM.WD", "M_TEACHER.MOMENTUM",
-                                 "CONTRAST.TEMPERATURE", "ADACONTRAST.QUEUE_SIZE", "ADACONTRAST.CONTRAST_TYPE",
-                                 "ADACONTRAST.NUM_NEIGHBORS", "ADACONTRAST.DIST_TYPE", "ADACONTRAST.CE_SUP_TYPE"),
             "deyo.yaml": (*eata[:4], "OPTIM.WD", "EATA.MARGIN_E0", "DEYO.MARGIN", "DEYO.PLPD", "DEYO.REWEIGHT_ENT",
                           "DEYO.REWEIGHT_PLPD", "DEYO.AUG_TYPE", "DEYO.PATCH_LEN")}.get(pairing.md_config, eata)
     values = []

@@ -215,60 +215,6 @@ def cotta_augment(x: torch.Tensor, views: int, generator: torch.Generator, soft:
     return (y.view(views, b, c, h, w) + noise).clamp(0.0, 1.0).view(views * b, c, h, w)
 
 
-#: ColorJitter(0.4, 0.4, 0.4, 0.1) of MoCo v2: brightness, contrast, saturation factors and hue shift ranges
-MOCO_JITTER = ((0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1))
-
-
-def _hflip_rows(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-
-
-def _gaussian_blur_rows(x: torch.Tensor, sigma: torch.Tensor, half: int = 6) -> torch.Tensor:
-    """Per-image separable Gaussian blur (std ``sigma[b]`` pixels, taps to +-``half``, reflected borders)."""
-    b, c, h, w = x.shape
-    taps = torch.arange(-half, half + 1, dtype=x.dtype, device=x.device)
-    kern = torch.exp(-0.5 * (taps.view(1, -1) / sigma.view(-1, 1).to(x)) ** 2)
-    kern = (kern / kern.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B * C, taps)
-    y = F.pad(x.reshape(1, b * c, h, w), (half, half, half, half), mode="reflect")
-    y = F.conv2d(y, kern.view(b * c, 1, 1, -1), groups=b * c)
-    y = F.conv2d(y, kern.view(b * c, 1, -1, 1), groups=b * c)
-    return y.view(b, c, h, w)
-
-
-def moco_light_views(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """AdaContrast's CIFAR views of ``x`` (B, 3, H, W) in [0, 1]: one weak and two strong, drawn per image.
-
-    Weak (MD's ``plain`` at the image's own size): a horizontal flip with p 0.5. Strong (``moco-v2-light``,
-    Chen et al. 2020, MoCo v2): with p 0.8 colour jitter (brightness, contrast, saturation in [0.6, 1.4],
-    hue shift in [-0.1, 0.1] turns) in a random order per image, grey with p 0.2, a Gaussian blur with
-    sigma ~ U(0.1, 2) with p 0.5, a horizontal flip with p 0.5. The jitter operations are those of
-    :func:`cotta_augment`; the blur is a sampled Gaussian (PIL's ``GaussianBlur`` of the reference uses
-    box approximations of it).
-    """
-    b = len(x)
-    weak = _hflip_rows(x, generator)
-    strong = []
-    for _ in range(2):
-        y = x.clamp(0.0, 1.0).clone()
-        jitter = (torch.rand(b, generator=generator) < 0.8).to(x.device)
-        orders = torch.stack([torch.randperm(4, generator=generator) for _ in range(b)]).to(x.device)
-        factors = torch.stack([torch.empty(b).uniform_(lo, hi, generator=generator) for lo, hi in MOCO_JITTER], 1)
-        factors = factors.to(x)
-        for step in range(4):
-            for op in range(4):
-                rows = torch.nonzero(jitter & (orders[:, step] == op)).squeeze(1)
-                if rows.numel():
-                    y[rows] = _colour_op(op, y[rows], factors[rows, op])
-        grey = (torch.rand(b, generator=generator) < 0.2).to(x.device)
-        y = torch.where(grey.view(-1, 1, 1, 1), _grayscale(y).expand_as(y), y)
-        blur = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-        sigma = torch.empty(b).uniform_(0.1, 2.0, generator=generator)
-        y = torch.where(blur.view(-1, 1, 1, 1), _gaussian_blur_rows(y, sigma), y)
-        strong.append(_hflip_rows(y, generator))
-    return weak, strong[0], strong[1]
-
-
 # -- AugMix (MEMO's views) ---------------------------------------------------------------------------
 #
 # Hendrycks et al., "AugMix" (ICLR 2020), Eq. 1 and Algorithm 1, as MEMO uses it (Zhang, Levine & Finn,
